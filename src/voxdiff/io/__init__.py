@@ -1,0 +1,274 @@
+"""Volume I/O that keeps geometry: NIfTI (nibabel), MHA/NRRD (SimpleITK), Interfile.
+
+A :class:`Volume` carries its array (always ``float32``, axes in file voxel order), its
+4x4 voxel-to-world affine (RAS+, millimetres, as nibabel defines it) and, for NIfTI, the
+original header so that outputs are written in the input's geometry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxdiff.errors import VoxdiffError
+from voxdiff.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text, check_writable_dir, full_suffix
+
+__all__ = [
+    "Volume",
+    "load_volume",
+    "save_volume",
+    "volume_format",
+    "check_same_geometry",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "check_writable_dir",
+    "SUPPORTED_SUFFIXES",
+]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+INTERFILE_SUFFIXES = (".hv",)
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + INTERFILE_SUFFIXES
+
+
+@dataclass
+class Volume:
+    """A 3D image with its geometry.
+
+    ``array`` is float32 with shape (X, Y, Z) in the file's voxel order; ``affine`` maps
+    voxel indices to RAS+ world millimetres. ``header`` is the source NIfTI header (or None)
+    and ``disk_dtype`` the dtype the file stored, used when writing "like" this volume.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    header: Any = field(default=None, repr=False)
+    disk_dtype: np.dtype | None = None
+    disk_scaling: tuple[float, float] = (1.0, 0.0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape (X, Y, Z)."""
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (column norms of the affine)."""
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``RAS`` or ``LPS`` (nibabel's convention)."""
+        import nibabel as nib
+
+        return "".join(nib.aff2axcodes(self.affine))
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A new volume with the same geometry and header, holding ``array``."""
+        array = np.asarray(array)
+        if array.shape[:3] != self.array.shape[:3]:
+            raise ValueError(f"shape {array.shape} does not match the volume's {self.array.shape}")
+        return Volume(array=array, affine=self.affine.copy(), path=None, header=self.header,
+                      disk_dtype=self.disk_dtype, disk_scaling=self.disk_scaling)
+
+
+def volume_format(path: str | Path) -> str:
+    """Return ``nifti``, ``itk`` or ``interfile`` for a path, or raise a clear error."""
+    path = Path(path)
+    suffix = full_suffix(path).lower()
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix in ITK_SUFFIXES:
+        return "itk"
+    if suffix in INTERFILE_SUFFIXES:
+        return "interfile"
+    raise VoxdiffError(
+        f"{path}: unknown volume extension '{suffix or path.name}' "
+        f"(supported: {', '.join(SUPPORTED_SUFFIXES)})"
+    )
+
+
+def _sitk():
+    try:
+        import SimpleITK as sitk
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise VoxdiffError(
+            "reading or writing MHA/NRRD needs SimpleITK: pip install 'voxdiff[itk]'"
+        ) from exc
+    return sitk
+
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tuple[float, float]]:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img = nib.load(str(path))
+        # Scaling in float32 keeps a read -> write -> read round trip bit-exact.
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise VoxdiffError(f"{path}: not a readable NIfTI file (corrupt, truncated or not NIfTI: {exc})") from exc
+    except (OSError, ValueError) as exc:
+        raise VoxdiffError(f"{path}: could not read NIfTI data ({exc})") from exc
+    header = img.header.copy()
+    # nibabel moves scl_slope/scl_inter from the header into the data proxy on load.
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    scaling = (slope if np.isfinite(slope) and slope != 0 else 1.0, inter if np.isfinite(inter) else 0.0)
+    return data, np.asarray(img.affine, dtype=np.float64), header, img.get_data_dtype(), scaling
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    sitk = _sitk()
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file ({str(exc).strip().splitlines()[-1]})") from exc
+    arr = sitk.GetArrayFromImage(img)
+    disk_dtype = arr.dtype
+    arr = np.ascontiguousarray(arr.T)  # SimpleITK gives (z, y, x)
+    dim = img.GetDimension()
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    affine = np.eye(4)
+    k = min(dim, 3)
+    affine[:k, :k] = direction[:k, :k] @ np.diag(np.array(img.GetSpacing(), dtype=np.float64)[:k])
+    affine[:k, 3] = np.array(img.GetOrigin(), dtype=np.float64)[:k]
+    return arr.astype(np.float32), _LPS_TO_RAS @ affine, disk_dtype
+
+
+def load_volume(
+    path: str | Path,
+    *,
+    role: str | None = None,
+    require_3d: bool = True,
+    allow_nonfinite: bool = False,
+) -> Volume:
+    """Load a volume and check it; every problem becomes one clear :class:`VoxdiffError`.
+
+    ``role`` (e.g. "source") only decorates messages. A trailing singleton 4th axis is
+    dropped; other 4D data, 2D data and NaN/Inf values are refused.
+    """
+    path = Path(path)
+    what = f"{path} ({role})" if role else str(path)
+    if not path.exists():
+        raise VoxdiffError(f"{what}: file not found")
+    if path.is_dir():
+        raise VoxdiffError(f"{what}: is a folder, expected a volume file")
+    fmt = volume_format(path)
+    header = None
+    scaling = (1.0, 0.0)
+    if fmt == "nifti":
+        data, affine, header, disk_dtype, scaling = _read_nifti(path)
+    elif fmt == "itk":
+        data, affine, disk_dtype = _read_itk(path)
+    else:
+        from voxdiff.io.interfile import read_interfile
+
+        raw, affine = read_interfile(path)
+        disk_dtype = raw.dtype
+        data = raw.astype(np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if require_3d and data.ndim != 3:
+        raise VoxdiffError(f"{what}: expected a 3D volume, got {data.ndim}D data of shape {tuple(data.shape)}")
+    if min(data.shape) < 1:
+        raise VoxdiffError(f"{what}: empty volume of shape {tuple(data.shape)}")
+    if not allow_nonfinite and not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        raise VoxdiffError(f"{what}: contains {n_bad} NaN/Inf voxel(s)")
+    return Volume(array=data, affine=affine, path=path, header=header, disk_dtype=np.dtype(disk_dtype),
+                  disk_scaling=scaling)
+
+
+def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(array), info.min, info.max).astype(dtype)
+    return array.astype(dtype)
+
+
+def save_volume(
+    volume: Volume | np.ndarray,
+    path: str | Path,
+    *,
+    like: Volume | None = None,
+    affine: np.ndarray | None = None,
+    dtype: str | np.dtype | None = None,
+) -> Path:
+    """Write a volume atomically in the format its extension names.
+
+    Geometry comes from ``volume`` itself, else ``like`` (a volume whose affine and header
+    are reused: "write in the input's geometry"), else ``affine``. ``dtype`` defaults to
+    float32; pass ``"like"`` to reuse the stored dtype of the reference (labels, round trips).
+    """
+    path = Path(path)
+    if isinstance(volume, Volume):
+        ref = volume
+        array = volume.array
+    else:
+        array = np.asarray(volume)
+        ref = like
+    if ref is not None:
+        if tuple(array.shape[:3]) != tuple(ref.array.shape[:3]):
+            raise VoxdiffError(f"{path}: output shape {array.shape} differs from the reference geometry {ref.array.shape}")
+        aff = ref.affine
+        header = ref.header
+    elif affine is not None:
+        aff, header = np.asarray(affine, dtype=np.float64), None
+    else:
+        raise ValueError("save_volume needs a Volume, or an array with like= or affine=")
+    slope, inter = 1.0, 0.0
+    if dtype == "like":
+        out_dtype = np.dtype(ref.disk_dtype if ref is not None and ref.disk_dtype is not None else np.float32)
+        if ref is not None and np.issubdtype(out_dtype, np.integer):
+            slope, inter = ref.disk_scaling
+    else:
+        out_dtype = np.dtype(dtype or np.float32)
+    fmt = volume_format(path)
+    if fmt == "nifti":
+        import nibabel as nib
+
+        hdr = header.copy() if isinstance(header, nib.Nifti1Header) else None
+        raw = _cast((array - inter) / slope if (slope, inter) != (1.0, 0.0) else array, out_dtype)
+        img = nib.Nifti1Image(raw, aff, header=hdr)
+        img.set_data_dtype(out_dtype)
+        # The stored scaling of the reference is kept ("like"); otherwise values go unscaled.
+        img.header.set_slope_inter(slope, inter)
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+    elif fmt == "itk":
+        sitk = _sitk()
+        if (slope, inter) != (1.0, 0.0):  # MHA/NRRD store no intensity scaling
+            out_dtype = np.dtype(np.float32)
+        lps = _LPS_TO_RAS @ aff
+        spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+        img = sitk.GetImageFromArray(np.ascontiguousarray(_cast(array, out_dtype).T))
+        img.SetSpacing(tuple(float(s) for s in spacing))
+        img.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
+        img.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(img, str(tmp), True)
+    else:
+        from voxdiff.io.interfile import write_interfile
+
+        write_interfile(path, _cast(array, out_dtype), aff)
+    return path
+
+
+def check_same_geometry(a: Volume, b: Volume, *, atol: float = 1e-3, what: str = "") -> None:
+    """Raise a clear error unless two volumes share shape and affine (within ``atol`` mm)."""
+    prefix = f"{what}: " if what else ""
+    if a.shape != b.shape:
+        raise VoxdiffError(f"{prefix}{b.path} has shape {b.shape} but {a.path} has {a.shape}")
+    if not np.allclose(a.affine, b.affine, atol=atol):
+        raise VoxdiffError(f"{prefix}{b.path} and {a.path} have different affines (geometry mismatch)")
