@@ -12,7 +12,11 @@ from voxdiff.errors import VoxdiffError
 _COMMAND_MODULES = [
     "voxdiff.cli.info",
     "voxdiff.cli.evaluate",
+    "voxdiff.cli.labels",
+    "voxdiff.cli.segment",
     "voxdiff.cli.simulate",
+    "voxdiff.cli.train",
+    "voxdiff.cli.translate",
 ]
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

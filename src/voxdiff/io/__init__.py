@@ -8,6 +8,7 @@ original header so that outputs are written in the input's geometry.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,11 @@ def _sitk():
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's exception text on one line (error messages must be single lines)."""
+    return " ".join(str(exc).split())
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tuple[float, float]]:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
@@ -117,9 +123,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tupl
         # Scaling in float32 keeps a read -> write -> read round trip bit-exact.
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise VoxdiffError(f"{path}: not a readable NIfTI file (corrupt, truncated or not NIfTI: {exc})") from exc
+        raise VoxdiffError(f"{path}: not a readable NIfTI file (corrupt, truncated or not NIfTI: {_one_line(exc)})") from exc
     except (OSError, ValueError) as exc:
-        raise VoxdiffError(f"{path}: could not read NIfTI data ({exc})") from exc
+        raise VoxdiffError(f"{path}: could not read NIfTI data ({_one_line(exc)})") from exc
     header = img.header.copy()
     # nibabel moves scl_slope/scl_inter from the header into the data proxy on load.
     slope = float(getattr(img.dataobj, "slope", 1.0))
@@ -133,7 +139,10 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file ({str(exc).strip().splitlines()[-1]})") from exc
+        # SimpleITK's first line names its own source file; the rest is the ITK reason.
+        lines = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln.strip()) for ln in str(exc).strip().splitlines()[1:]]
+        detail = "; ".join(ln for ln in lines if ln) or _one_line(exc)
+        raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file (corrupt, truncated or another format: {detail})") from exc
     arr = sitk.GetArrayFromImage(img)
     disk_dtype = arr.dtype
     arr = np.ascontiguousarray(arr.T)  # SimpleITK gives (z, y, x)

@@ -1,5 +1,8 @@
 """Backbones: time-conditioned 3D UNet, invertible 3D UNet, puzzle wrapper."""
 
 from voxdiff.nets.embeddings import TimestepEmbedding, sinusoidal_embedding
+from voxdiff.nets.puzzle import PuzzleNet, build_ppdm_net
+from voxdiff.nets.unet import UNet3D
 
 __all__ = ["TimestepEmbedding", "sinusoidal_embedding"]
+__all__ += ["PuzzleNet", "UNet3D", "build_ppdm_net"]

@@ -1,0 +1,37 @@
+"""Task registry: name -> Task class, and builders from configs/checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+
+from voxdiff.errors import VoxdiffError
+from voxdiff.tasks.base import Task
+
+_TASK_MODULES = {
+    "translation": "voxdiff.tasks.translation:TranslationTask",
+    "translation_ddpm": "voxdiff.tasks.conditional:TranslationDDPMTask",
+    "synthesis": "voxdiff.tasks.conditional:SynthesisTask",
+    "segmentation": "voxdiff.tasks.conditional:SegmentationTask",
+    "preseg": "voxdiff.tasks.conditional:PreSegmentationTask",
+}
+
+
+def register_task(name: str, target: str) -> None:
+    """Register a task class by ``"module:Class"`` path (lazy import)."""
+    _TASK_MODULES[name] = target
+
+
+def task_class(name: str) -> type[Task]:
+    """The Task class registered under ``name``."""
+    if name not in _TASK_MODULES:
+        raise VoxdiffError(f"unknown task '{name}' (known: {', '.join(sorted(_TASK_MODULES))})")
+    module, cls = _TASK_MODULES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_task(name: str, model_cfg: dict) -> Task:
+    """Instantiate the task ``name`` from the ``model`` config section."""
+    return task_class(name)(model_cfg)
+
+
+__all__ = ["Task", "build_task", "task_class", "register_task"]

@@ -1,0 +1,1 @@
+"""Training: config, trainer (AdamW, EMA, AMP, DDP, exact resume), checkpoints."""

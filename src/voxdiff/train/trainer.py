@@ -1,0 +1,387 @@
+"""The one trainer every task uses: AdamW, EMA, AMP, accumulation, DDP, exact resume.
+
+Data order is a pure function of the seed and the step: the global sample stream is a
+concatenation of seeded per-epoch permutations, and sample ``q`` of that stream gets its
+own noise generator seeded from ``(seed, q)``. So resuming at step ``s`` needs only ``s``,
+and N processes sharing a global batch see exactly the samples and noise one process would.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voxdiff.errors import VoxdiffError
+from voxdiff.io import atomic_write_text
+from voxdiff.tasks import Task, build_task
+from voxdiff.train import distributed as D
+from voxdiff.train.checkpoint import load_checkpoint, save_checkpoint
+from voxdiff.train.config import dump_config
+from voxdiff.train.ema import EMA
+
+_SEED_STRIDE = 1_000_003
+
+
+def sample_generators(seed: int, positions: list[int]) -> list[torch.Generator]:
+    """One CPU generator per global sample position, independent of rank and world size."""
+    return [torch.Generator().manual_seed(int(seed) * _SEED_STRIDE + int(q)) for q in positions]
+
+
+def stream_items(seed: int, n_items: int, start: int, count: int) -> list[tuple[int, int]]:
+    """``(epoch, index)`` of global stream positions ``start .. start+count-1``."""
+    out, cache = [], {}
+    for q in range(start, start + count):
+        epoch, within = divmod(q, n_items)
+        if epoch not in cache:
+            cache[epoch] = np.random.default_rng([int(seed), int(epoch)]).permutation(n_items)
+        out.append((epoch, int(cache[epoch][within])))
+    return out
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU + CUDA) RNG states in a ``weights_only``-loadable form."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _stack(items: list[dict], roles: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {r: torch.stack([it[r] for it in items]).to(device=device, dtype=torch.float32) for r in roles}
+    for key in ("location", "shape"):  # crop position, for tasks with coordinate channels
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items]).to(device)
+    return out
+
+
+class Trainer:
+    """Train a task from a merged config (see :mod:`voxdiff.train.config`).
+
+    ``resume`` may be ``True`` (take ``out_dir/last.pt`` if it exists) or a checkpoint path.
+    """
+
+    def __init__(self, cfg: dict, *, resume: bool | str | Path = False, quiet: bool = False) -> None:
+        self.cfg = cfg
+        tr = cfg["train"]
+        self.info = D.init_distributed(tr.get("device", "auto"))
+        self.quiet = quiet or not self.info.is_main
+        self.out_dir = Path(tr["out_dir"])
+        self.seed = int(cfg["seed"])
+        # Per-rank seed for anything not drawn from the per-sample generators (dropout, ...).
+        torch.manual_seed(self.seed + self.info.rank)
+        random.seed(self.seed + self.info.rank)
+        np.random.seed((self.seed + self.info.rank) % 2**32)
+
+        self.task: Task = build_task(cfg["task"], cfg["model"]).to(self.info.device)
+        self._setup_data()
+        self.model = self.task
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            self.model = DDP(self.task, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=float(tr["lr"]),
+                                           weight_decay=float(tr["weight_decay"]),
+                                           betas=tuple(float(b) for b in tr["betas"]))
+        self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=tr["precision"] == "fp16")
+        self.ema = EMA(self.task, float(tr["ema_decay"]))
+        self.step = 0
+        self.history: list[dict] = []
+        if resume:
+            self._resume(resume)
+
+    # ------------------------------------------------------------------ data
+    def _setup_data(self) -> None:
+        from voxdiff.data import (Case, VolumeDataset, fit_dataset_normalizers, load_manifest, resolve_normalization,
+                                  scan_folder, split_cases)
+
+        dc = self.cfg["data"]
+        task = self.task
+        columns = {r: dc.get("roles", {}).get(r, r) for r in task.roles}
+        if dc.get("manifest"):
+            cases = load_manifest(dc["manifest"], roles=list(columns.values()))
+        elif dc.get("folder"):
+            cases = scan_folder(dc["folder"], list(columns.values()))
+        else:
+            raise VoxdiffError("config data.manifest (or data.folder) is required for training")
+        cases = [Case(c.id, {r: c.paths[col] for r, col in columns.items()}) for c in cases]
+        split = split_cases(cases, val_fraction=float(dc["val_fraction"]),
+                            test_fraction=float(dc["test_fraction"]), seed=int(dc["split_seed"]))
+        self.split = {k: [c.id for c in v] for k, v in split.items()}
+        if not split["train"]:
+            raise VoxdiffError("the split left no training case (lower data.val_fraction / test_fraction)")
+        norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
+        self.dataset_norm = fit_dataset_normalizers(split["train"], norm, label_roles=task.label_roles)
+        common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
+                      seed=self.seed, dataset_normalizers=self.dataset_norm)
+        self.train_set = VolumeDataset(split["train"], crop_size=dc["crop_size"],
+                                       pad_multiple=task.required_multiple,
+                                       samples_per_volume=int(dc["samples_per_volume"]),
+                                       foreground_role=dc.get("foreground_role"),
+                                       foreground_fraction=float(dc.get("foreground_fraction", 0.0)), **common)
+        val_cases = split["val"][: int(dc["val_cases"])]
+        self.val_set = (VolumeDataset(val_cases, crop_size=None, pad_multiple=task.required_multiple, **common)
+                        if val_cases else None)
+        self.normalization = norm
+
+    def _batch(self, micro: int) -> tuple[dict[str, torch.Tensor], list[torch.Generator]]:
+        tr = self.cfg["train"]
+        b, w = int(tr["batch_size"]), self.info.world_size
+        per_step = b * w * int(tr["grad_accum"])
+        start = self.step * per_step + micro * b * w + self.info.rank * b
+        positions = list(range(start, start + b))
+        items = []
+        for epoch, index in stream_items(self.seed, len(self.train_set), start, b):
+            self.train_set.set_epoch(epoch)
+            items.append(self.train_set[index])
+        return _stack(items, self.task.roles, self.info.device), sample_generators(self.seed, positions)
+
+    # ------------------------------------------------------------ checkpoint
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly or to run inference."""
+        return {
+            "task": self.task.name,
+            "config": self.cfg,
+            "model": self.task.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "rng": rng_state(),
+            "normalization": self.normalization,
+            "dataset_normalizers": self.dataset_norm,
+            "split": self.split,
+            "required_multiple": self.task.required_multiple,
+        }
+
+    def save(self) -> Path | None:
+        """Write ``step_XXXXXXX.pt`` and ``last.pt`` atomically (rank 0 only), prune old ones."""
+        if not self.info.is_main:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = self.state()
+        path = save_checkpoint(self.out_dir / f"step_{self.step:07d}.pt", state)
+        save_checkpoint(self.out_dir / "last.pt", state)
+        keep = int(self.cfg["train"]["keep_checkpoints"])
+        old = sorted(self.out_dir.glob("step_*.pt"))
+        for p in old[:-keep] if keep > 0 else []:
+            p.unlink(missing_ok=True)
+        return path
+
+    def _resume(self, resume: bool | str | Path) -> None:
+        path = self.out_dir / "last.pt" if resume is True else Path(resume)
+        if resume is True and not path.exists():
+            return
+        ckpt = load_checkpoint(path, task=self.task.name, map_location=self.info.device)
+        try:
+            self.task.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise VoxdiffError(f"{path}: checkpoint does not match this model architecture ({str(exc).splitlines()[0]})") from exc
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        set_rng_state(ckpt["rng"])
+        if not self.quiet:
+            print(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ loop
+    def _lr(self) -> float:
+        tr = self.cfg["train"]
+        warm = int(tr["warmup_steps"])
+        return float(tr["lr"]) * (min(1.0, (self.step + 1) / warm) if warm > 0 else 1.0)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns rank-averaged logs."""
+        tr = self.cfg["train"]
+        accum = int(tr["grad_accum"])
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr()
+        logs_sum: dict[str, float] = {}
+        total = 0.0
+        for micro in range(accum):
+            batch, gens = self._batch(micro)
+            sync = micro == accum - 1 or not self.info.enabled
+            ctx = self.model.no_sync() if not sync else _nullcontext()
+            with ctx:
+                with _autocast(self.info.device, tr["precision"]):
+                    loss, logs = self.model(batch, gens)
+                if not torch.isfinite(loss):
+                    raise VoxdiffError(f"loss became {float(loss)} at step {self.step}: lower train.lr or check the data")
+                self.scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + v / accum
+        self.scaler.unscale_(self.optimizer)
+        if tr.get("grad_clip"):
+            gnorm = torch.nn.utils.clip_grad_norm_(self.task.parameters(), float(tr["grad_clip"]))
+            logs_sum["grad_norm"] = float(gnorm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.task)
+        self.step += 1
+        logs_sum["loss"] = total
+        return D.reduce_mean(logs_sum, self.info)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps`` (or ``train.max_minutes``), validating and checkpointing."""
+        tr = self.cfg["train"]
+        steps = int(tr["steps"])
+        if self.info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "config.yaml", dump_config(self.cfg))
+        t0 = time.time()
+        deadline = t0 + 60 * float(tr["max_minutes"]) if tr.get("max_minutes") else math.inf
+        progress = _Progress(steps, self.step, disabled=self.quiet)
+        last_val: dict[str, float] = {}
+        with progress:
+            while self.step < steps:
+                ts = time.time()
+                logs = self.train_step()
+                logs["sec_per_step"] = time.time() - ts
+                progress.update(self.step, logs)
+                if self.info.is_main and (self.step % int(tr["log_every"]) == 0 or self.step == steps):
+                    self._log_row("train_log.csv", {"step": self.step, "lr": self._lr(), **logs})
+                if int(tr["val_every"]) > 0 and (self.step % int(tr["val_every"]) == 0 or self.step == steps):
+                    last_val = self.validate()
+                if self.step % int(tr["ckpt_every"]) == 0 or self.step == steps:
+                    self.save()
+                if time.time() > deadline:
+                    if self.step % int(tr["ckpt_every"]):
+                        self.save()
+                    break
+        D.barrier(self.info)
+        summary = {"steps": self.step, "wall_s": time.time() - t0, "val": last_val}
+        if self.info.is_main:
+            from voxdiff.plots import training_curves
+
+            training_curves(self.out_dir / "train_log.csv", self.out_dir / "val_log.csv",
+                            self.out_dir / "curves.png")
+        return summary
+
+    def _log_row(self, name: str, row: dict) -> None:
+        path = self.out_dir / name
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """EMA weights on whole validation volumes: task metrics + a montage PNG (rank 0)."""
+        if self.val_set is None or not self.info.is_main:
+            D.barrier(self.info)
+            return {}
+        from voxdiff.plots import montage
+
+        inf = self.cfg["inference"]
+        backup = {k: v.detach().clone() for k, v in self.task.state_dict().items()}
+        self.task.load_state_dict(self.ema.shadow)
+        self.task.eval()
+        metrics: dict[str, list[float]] = {}
+        try:
+            for i in range(len(self.val_set)):
+                item = self.val_set[i]
+                batch = _stack([item], self.task.roles, self.info.device)
+                inputs = {r: batch[r] for r in self.task.input_roles}
+                g = torch.Generator().manual_seed(self.seed)
+                pred = self.task.predict(inputs, steps=int(inf["steps"]), generator=g, eta=inf.get("eta"))
+                for k, v in self.task.validation_metrics(pred, batch).items():
+                    metrics.setdefault(k, []).append(v)
+                if i == 0:
+                    panels = {r: batch[r][0, 0].cpu().numpy() for r in self.task.input_roles}
+                    panels["output"] = next(iter(pred.values()))[0, 0].float().cpu().numpy()
+                    panels[self.task.output_role] = batch[self.task.output_role][0, 0].cpu().numpy()
+                    err = np.abs(panels["output"] - panels[self.task.output_role])
+                    panels["|error|"] = err
+                    montage(panels, self.out_dir / f"val_step{self.step:07d}.png",
+                            title=f"{item['case']} step {self.step}",
+                            ranges={"|error|": (0.0, max(float(np.percentile(err, 99.5)), 1e-6))},
+                            cmaps={"|error|": "magma"})
+        finally:
+            self.task.load_state_dict(backup)
+        mean = {k: float(np.mean(v)) for k, v in metrics.items()}
+        self._log_row("val_log.csv", {"step": self.step, **mean})
+        self.history.append({"step": self.step, **mean})
+        D.barrier(self.info)
+        return mean
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progress:
+    """A rich progress bar with loss and ETA (silent on other ranks or when disabled)."""
+
+    def __init__(self, total: int, start: int, disabled: bool) -> None:
+        self.disabled = disabled
+        if disabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), transient=False)
+        self.task_id = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self):
+        if not self.disabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.disabled:
+            self.bar.__exit__(*exc)
+        return False
+
+    def update(self, step: int, logs: dict[str, float]) -> None:
+        """Advance to ``step`` and show the loss."""
+        if self.disabled:
+            return
+        info = f"loss {logs.get('loss', float('nan')):.4g}"
+        self.bar.update(self.task_id, completed=step, info=info)
+
+
+def environment_summary() -> dict[str, Any]:
+    """Machine facts recorded beside benchmark and training outputs."""
+    return {"torch": torch.__version__, "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
