@@ -231,7 +231,12 @@ def test_segment_with_preseg_model_vanilla_and_preseg_alone(trained, tmp_path):
         assert v.shape == (16, 16, 16) and v.disk_dtype == np.uint8 and v.array.max() <= 2
     with pytest.raises(VoxdiffError, match="needs a pre-segmentation"):
         segment_volume(trained["seg"], img, tmp_path / "d.nii.gz", show_progress=False)
-    assert not (tmp_path / "d.nii.gz").exists()
+    with pytest.raises(VoxdiffError, match="needs --samples 2"):
+        segment_volume(trained["seg"], img, tmp_path / "d.nii.gz", preseg_model=trained["preseg"],
+                       uncertainty=tmp_path / "u.nii.gz", uncertainty_kind="variance", show_progress=False)
+    with pytest.raises(VoxdiffError, match="not a voxdiff checkpoint|not found|task"):
+        segment_volume(img, img, tmp_path / "d.nii.gz", show_progress=False)
+    assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "u.nii.gz").exists()
 
 
 @pytest.mark.parametrize("bad", ["shape", "range"])

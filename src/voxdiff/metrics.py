@@ -209,6 +209,20 @@ def image_metrics(
     }
 
 
+def _crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to their joint bounding box plus ``margin`` background voxels.
+
+    Dice and surface distances do not change (the margin keeps border voxels as surface
+    voxels), while small structures in whole-brain label maps cost a fraction of the time.
+    """
+    union = a | b
+    box = []
+    for axis in range(union.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(i for i in range(union.ndim) if i != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + 1 + margin))
+    return a[tuple(box)], b[tuple(box)]
+
+
 def _binary_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
@@ -222,6 +236,7 @@ def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
         raise VoxdiffError(f"prediction shape {pred_mask.shape} differs from reference shape {true_mask.shape}")
     if not pred_mask.any() and not true_mask.any():
         return 1.0
+    pred_mask, true_mask = _crop_to_union(pred_mask, true_mask)
     value = compute_dice(_binary_tensor(pred_mask), _binary_tensor(true_mask), include_background=True, ignore_empty=False)
     return float(value.item())
 
@@ -246,6 +261,7 @@ def hd95(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float] 
     spacing = [float(s) for s in spacing]
     if len(spacing) != pred_mask.ndim:
         raise ValueError(f"spacing {spacing} needs one value per axis of a {pred_mask.ndim}D mask")
+    pred_mask, true_mask = _crop_to_union(pred_mask, true_mask)
     with warnings.catch_warnings():
         # MONAI 1.5+ warns about one of its own deprecated internal arguments.
         warnings.simplefilter("ignore", FutureWarning)

@@ -17,6 +17,8 @@ _COMMAND_MODULES = [
     "voxdiff.cli.simulate",
     "voxdiff.cli.train",
     "voxdiff.cli.translate",
+    "voxdiff.cli.sample",
+    "voxdiff.cli.bench",
 ]
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

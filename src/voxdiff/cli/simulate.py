@@ -62,7 +62,7 @@ def _head_mask(head: str, labels: Volume, scheme: str) -> tuple[np.ndarray | Non
         image_path = Path(head)
     image = load_volume(image_path, role="head image")
     check_same_geometry(labels, image, what="--head image")
-    return head_mask_from_image(image, labels.array > 0), 0.0, str(image_path)
+    return head_mask_from_image(image, labels.array > 0), 0.0, str(image_path.resolve())
 
 
 def _simulate_one(label_path: Path, *, case: str, scheme: str, fwhm: float, dose: float, counts: float | None,
@@ -114,9 +114,8 @@ def simulate_pet_command(
 ) -> None:
     """Simulate a full-dose / low-dose PET pair on one label map.
 
-    Writes CASE_full.nii.gz and CASE_low.nii.gz (float32, full-dose counts per voxel, the label
-    map's geometry) and CASE_pet.json (every parameter and the low-dose PSNR vs full-dose, with
-    data range = the full-dose maximum inside the head, MSE over the head).
+    Writes CASE_full.nii.gz and CASE_low.nii.gz (float32, full-dose counts per voxel, label map geometry)
+    and CASE_pet.json (all settings, and the low-dose PSNR vs full-dose over the head, data range = full-dose max).
 
     Example: [cyan]voxdiff simulate-pet ../shared/data/ixi-t1-2mm/labels/IXI012-HH-1211.nii.gz --out-dir pet/[/]
     """
@@ -151,9 +150,8 @@ def simulate_pet_dataset_command(
 ) -> None:
     """Build a paired low-/full-dose PET dataset from a folder of label maps.
 
-    Writes CASE_full/CASE_low/CASE_pet.json per subject, then manifest.csv (case, source = low
-    dose, target = full dose, label) and dataset.json (settings and PSNR summary). The manifest
-    is written last: an interrupted run leaves no manifest.
+    Writes CASE_full.nii.gz, CASE_low.nii.gz and CASE_pet.json per subject, then dataset.json (settings, PSNR)
+    and manifest.csv (case, source = low dose, target = full dose, label), last: an interrupted run has no manifest.
 
     Example: [cyan]voxdiff simulate-pet-dataset --labels-dir ../shared/data/ixi-t1-2mm/labels --out-dir ../data/pet-ixi --limit 5[/]
     """

@@ -230,7 +230,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         t = _plain(t)
         return t.to(self.label_dtype if role in self.label_roles else torch.float32, copy=True).contiguous()
 
-    def crop_start(self, index: int, padded_shape: Sequence[int], foreground: np.ndarray | None = None,
+    def _crop_start(self, index: int, padded_shape: Sequence[int], foreground: np.ndarray | None = None,
                    shape: Sequence[int] | None = None, pad_before: Sequence[int] = (0, 0, 0)) -> tuple[int, int, int]:
         """Crop corner (in the padded grid) for item ``index`` of the current epoch."""
         assert self.crop_size is not None
@@ -259,7 +259,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         start = [0, 0, 0]
         cropper = None
         if self.crop_size is not None:
-            start = list(self.crop_start(index, padded_shape, prep.foreground, prep.shape, before))
+            start = list(self._crop_start(index, padded_shape, prep.foreground, prep.shape, before))
             cropper = SpatialCrop(roi_start=start, roi_end=[s + c for s, c in zip(start, self.crop_size)])
         item: dict[str, Any] = {}
         for role in self.roles:

@@ -114,11 +114,24 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _check_gzip(path: Path) -> None:
+    """Read a gzip file to its end so that its CRC is verified.
+
+    nibabel stops reading once it has the voxels it needs, so a corrupted (not truncated)
+    stream would otherwise load as silently wrong data.
+    """
+    with gzip.open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tuple[float, float]]:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     try:
+        if path.name.lower().endswith(".gz"):
+            _check_gzip(path)
         img = nib.load(str(path))
         # Scaling in float32 keeps a read -> write -> read round trip bit-exact.
         data = np.asarray(img.get_fdata(dtype=np.float32))

@@ -82,7 +82,6 @@ MUSE_UPTAKE: dict[str, float] = {
     "other": 1.0,             # labels not in the tables (e.g. 69, optic chiasm)
     "csf": 0.05,
     "head": 0.15,             # skull, scalp, face and neck inside the head mask
-    "background": 0.0,
 }
 
 #: Relative uptake of the BrainWeb tissue classes.
@@ -270,12 +269,17 @@ def activity_map(
     """Relative activity (WM = 1 before variation) for an integer label array.
 
     Returns ``(activity, brain_mask, info)``; ``info`` lists the class, base uptake and
-    random factor of each region. ``uptake`` overrides entries of the scheme's table.
+    random factor of each region. ``uptake`` overrides entries of the scheme's table (class
+    names of :data:`MUSE_UPTAKE`, or BrainWeb class numbers). ``head_mask`` adds head tissue
+    around a MUSE brain; BrainWeb maps already hold the head's tissues and ignore it.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     present = [int(v) for v in np.unique(labels)]
     info: dict[str, Any] = {"scheme": scheme, "region_sd": region_sd}
     if scheme == "muse":
+        bad = [k for k in (uptake or {}) if k not in MUSE_UPTAKE]
+        if bad:
+            raise VoxdiffError(f"unknown MUSE uptake class(es) {bad} (known: {', '.join(MUSE_UPTAKE)})")
         table = {**MUSE_UPTAKE, **(uptake or {})}
         names, derived = load_muse_tables(tables_dir if tables_dir is not None else find_muse_tables())
         classes = muse_region_classes(present, names, derived)
@@ -344,6 +348,7 @@ def simulate_pet(
         seed: seed of a local numpy Generator (an int or a list of ints, see :func:`case_seed`).
         head_mask: boolean head mask in the label geometry (e.g. :func:`head_mask_from_image`);
             when None, the MUSE labels dilated by ``head_margin_mm`` (0 = zero outside the brain).
+            Unused for BrainWeb, whose classes already cover the head.
         region_sd: sd of the per-region lognormal uptake factor (0 = the table's values).
         tables_dir: folder of the MUSE CSVs (default: found beside the labels or in shared data).
         uptake: overrides of the scheme's uptake table.
@@ -370,7 +375,9 @@ def simulate_pet(
         tables_dir = find_muse_tables(label_volume.path)
     head_source = "none"
     mask: np.ndarray | None = None
-    if isinstance(head_mask, Volume):
+    if scheme == "brainweb":
+        head_source = "phantom tissue classes"  # BrainWeb maps already hold the head's tissues
+    elif isinstance(head_mask, Volume):
         check_same_geometry(label_volume, head_mask, what="head mask")
         mask, head_source = head_mask.array > 0, "given"
     elif head_mask is not None:
@@ -378,7 +385,7 @@ def simulate_pet(
         if mask.shape != labels.shape:
             raise VoxdiffError(f"head mask shape {mask.shape} differs from the label map's {labels.shape}")
         head_source = "given"
-    elif scheme == "muse" and head_margin_mm > 0:  # BrainWeb classes already cover the head
+    elif head_margin_mm > 0:
         mask = head_mask_from_labels(labels, label_volume.spacing, head_margin_mm)
         head_source = f"labels dilated by {head_margin_mm:g} mm"
     region_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)

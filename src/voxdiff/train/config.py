@@ -63,10 +63,15 @@ DEFAULTS: dict[str, Any] = {
 
 
 def deep_merge(base: dict, update: dict) -> dict:
-    """Recursively merge ``update`` into a copy of ``base``."""
+    """Recursively merge ``update`` into a copy of ``base``.
+
+    A section whose ``kind`` differs from the base's (e.g. a ``monai`` backbone over the
+    default ``unet``) replaces it instead, so one kind's defaults never leak into another's.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if (isinstance(value, dict) and isinstance(out.get(key), dict)
+                and value.get("kind", out[key].get("kind")) == out[key].get("kind")):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

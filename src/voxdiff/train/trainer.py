@@ -153,6 +153,12 @@ class Trainer:
         self.val_set = (VolumeDataset(val_cases, crop_size=None, pad_multiple=task.required_multiple, **common)
                         if val_cases else None)
         self.normalization = norm
+        # Geometry of the first training case: where unconditional samples are written.
+        from voxdiff.io import load_volume
+
+        ref = load_volume(split["train"][0].paths[task.output_role], role=task.output_role)
+        self.reference_geometry = {"shape": list(ref.shape), "affine": ref.affine.tolist(),
+                                   "case": split["train"][0].id}
 
     def _batch(self, micro: int) -> tuple[dict[str, torch.Tensor], list[torch.Generator]]:
         tr = self.cfg["train"]
@@ -182,6 +188,7 @@ class Trainer:
             "dataset_normalizers": self.dataset_norm,
             "split": self.split,
             "required_multiple": self.task.required_multiple,
+            "reference_geometry": self.reference_geometry,
         }
 
     def save(self) -> Path | None:
@@ -350,11 +357,16 @@ class _nullcontext:
 
 
 class _Progress:
-    """A rich progress bar with loss and ETA (silent on other ranks or when disabled)."""
+    """A rich progress bar with loss and ETA; plain log lines when output is not a terminal."""
 
     def __init__(self, total: int, start: int, disabled: bool) -> None:
+        from rich.console import Console
+
         self.disabled = disabled
-        if disabled:
+        self.total, self.start, self.t0 = total, start, time.time()
+        self.plain = not disabled and not Console().is_terminal
+        self.every = max(1, total // 50)
+        if disabled or self.plain:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -364,12 +376,12 @@ class _Progress:
         self.task_id = self.bar.add_task("train", total=total, completed=start, info="")
 
     def __enter__(self):
-        if not self.disabled:
+        if not (self.disabled or self.plain):
             self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if not self.disabled:
+        if not (self.disabled or self.plain):
             self.bar.__exit__(*exc)
         return False
 
@@ -378,6 +390,12 @@ class _Progress:
         if self.disabled:
             return
         info = f"loss {logs.get('loss', float('nan')):.4g}"
+        if self.plain:
+            if step % self.every == 0 or step == self.total:
+                done = step - self.start
+                eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
+                print(f"step {step}/{self.total} {info} eta {eta / 60:.1f} min", flush=True)
+            return
         self.bar.update(self.task_id, completed=step, info=info)
 
 

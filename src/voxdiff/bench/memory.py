@@ -1,0 +1,351 @@
+"""Peak memory and time of ONE training step per method and volume size, each in a fresh process.
+
+What is measured is what trains: the task is built by :func:`voxdiff.tasks.build_task` from
+its model config and one step is ``loss = task(batch, generators)``, ``loss.backward()``,
+gradient clipping and ``AdamW.step()`` (as :class:`voxdiff.train.trainer.Trainer` does, minus
+the EMA copy). Batch 1, random data in [-1, 1]; a warm-up step (which also allocates the AdamW
+state) precedes the measured step(s).
+
+Memory is reported *above the resident model and batch*, i.e. activations + gradients +
+optimizer state + workspace:
+
+* CPU: peak resident set size (``VmHWM`` of ``/proc/self/status``, reset before each measured
+  step by writing ``5`` to ``/proc/self/clear_refs``) minus the RSS just before the warm-up
+  step. The worker runs with ``MALLOC_MMAP_THRESHOLD_`` fixed so freed tensors go back to the
+  OS and the RSS follows live memory. Without ``clear_refs``, ``ru_maxrss`` is used (the peak
+  then covers the warm-up step too).
+* CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()`` minus
+  ``memory_allocated()`` before the warm-up step; times from CUDA events.
+
+``saved_mib`` (the bytes autograd saves for backward in one forward, allocator independent,
+see :func:`voxdiff.nets.memory.saved_activation_bytes`) is reported as a cross-check.
+
+The worker is ``python -m voxdiff.bench.memory --worker '<json>'`` (internal); users run
+``voxdiff bench memory``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from voxdiff.bench.methods import Method
+from voxdiff.errors import VoxdiffError
+
+RESULT_PREFIX = "VOXDIFF_BENCH_RESULT "
+MIB = 1024.0 ** 2
+# Fixed mmap threshold: allocations above it are mmapped and unmapped on free, so RSS tracks
+# live tensors instead of glibc's retained heap (setting it also disables the dynamic threshold).
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+# ---------------------------------------------------------------------------------- worker side
+def _rss_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def _reset_hwm() -> bool:
+    """Reset the process's peak RSS to its current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _maxrss_kib() -> int:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r // 1024) if sys.platform == "darwin" else int(r)  # bytes on macOS, KiB on Linux
+
+
+class _CpuMeter:
+    """Peak RSS above a baseline; wall-clock timing."""
+
+    def __init__(self) -> None:
+        self.clear_refs = _reset_hwm() and _rss_kib("VmHWM") is not None
+        self.method = "VmHWM after clear_refs" if self.clear_refs else "ru_maxrss"
+        self.baseline = self.current()
+
+    def current(self) -> int:
+        rss = _rss_kib("VmRSS")
+        return rss * 1024 if rss is not None else _maxrss_kib() * 1024
+
+    def reset(self) -> None:
+        if self.clear_refs:
+            _reset_hwm()
+
+    def peak(self) -> int:
+        kib = _rss_kib("VmHWM") if self.clear_refs else _maxrss_kib()
+        return int(kib) * 1024
+
+    def timed(self, fn: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+class _CudaMeter:
+    """``max_memory_allocated`` above a baseline; CUDA-event timing."""
+
+    method = "torch.cuda.max_memory_allocated"
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.torch, self.device = torch, device
+        torch.cuda.synchronize(device)
+        self.baseline = torch.cuda.memory_allocated(device)
+
+    def current(self) -> int:
+        return self.torch.cuda.memory_allocated(self.device)
+
+    def reset(self) -> None:
+        self.torch.cuda.synchronize(self.device)
+        self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        self.torch.cuda.synchronize(self.device)
+        return self.torch.cuda.max_memory_allocated(self.device)
+
+    def timed(self, fn: Callable[[], None]) -> float:
+        cuda = self.torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+
+def synthetic_batch(task, size: int | Sequence[int], volume: int | Sequence[int], device, generator) -> dict:
+    """A batch of one random crop of edge ``size`` taken from a volume of edge ``volume``.
+
+    Image roles are uniform in [-1, 1]; label roles integer classes; ``location``/``shape``
+    place the crop (used by coordinate channels).
+    """
+    import torch
+
+    size = (size,) * 3 if isinstance(size, int) else tuple(size)
+    volume = (volume,) * 3 if isinstance(volume, int) else tuple(volume)
+    batch: dict[str, torch.Tensor] = {}
+    for role in task.roles:
+        if role in task.label_roles:
+            k = int(getattr(task, "data_channels", 2))
+            batch[role] = torch.randint(0, k, (1, 1, *size), generator=generator).float()
+        else:
+            batch[role] = torch.rand((1, 1, *size), generator=generator) * 2 - 1
+    batch = {k: v.to(device) for k, v in batch.items()}
+    loc = [int(torch.randint(0, v - s + 1, (1,), generator=generator)) for s, v in zip(size, volume)]
+    batch["location"] = torch.tensor([loc], device=device)
+    batch["shape"] = torch.tensor([list(volume)], device=device)
+    return batch
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one configuration in this process (call only in a fresh process)."""
+    import torch
+
+    from voxdiff.tasks import build_task
+    from voxdiff.train.trainer import _autocast
+
+    method = Method.from_dict(spec["method"])
+    size = int(spec["size"])
+    repeats = max(1, int(spec.get("repeats", 1)))
+    device = torch.device(spec.get("device", "cpu"))
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(int(spec.get("seed", 0)))
+    crop = int(round(size * method.crop_fraction))
+    task = build_task(method.task, method.model).to(device)
+    mult = task.required_multiple
+    if crop % mult:
+        raise VoxdiffError(f"{method.name}: training crop {crop}^3 (volume {size}^3) is not a multiple of "
+                           f"{mult}, which the network needs")
+    task.train()
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+    batch = synthetic_batch(task, crop, size, device, gen)
+    params = sum(p.numel() for p in task.parameters())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        meter: _CpuMeter | _CudaMeter = _CudaMeter(device)
+    else:
+        meter = _CpuMeter()
+    baseline = meter.baseline
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        g = [torch.Generator().manual_seed(int(spec.get("seed", 0)))]
+        with _autocast(device, method.precision):
+            loss, _ = task(batch, g)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        opt.step()
+
+    meter.reset()
+    warm_s = meter.timed(step)
+    warm_peak = meter.peak() - baseline
+    peaks, times = [], []
+    for _ in range(repeats):
+        meter.reset()
+        times.append(meter.timed(step))
+        peaks.append(meter.peak() - baseline)
+    saved = None
+    if spec.get("saved", True):
+        saved = _saved_bytes(task, batch, device, method.precision)
+    return {
+        "method": method.name, "description": method.description, "task": method.task, "size": size,
+        "train_size": crop, "device": str(device), "base": spec.get("base"), "params": params,
+        "peak_mib": max(peaks) / MIB, "warmup_peak_mib": warm_peak / MIB, "baseline_mib": baseline / MIB,
+        "saved_mib": None if saved is None else saved / MIB,
+        "step_s": statistics.median(times), "step_times_s": times, "warmup_s": warm_s, "repeats": repeats,
+        "memory_method": meter.method, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "puzzle_factor": method.puzzle_factor, "precision": method.precision,
+    }
+
+
+def _saved_bytes(task, batch, device, precision: str) -> int:
+    """Bytes of the storages autograd saves in one training forward (parameters excluded)."""
+    import torch
+
+    from voxdiff.train.trainer import _autocast
+
+    params = {p.untyped_storage().data_ptr() for p in task.parameters()}
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            sizes[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _autocast(device, precision):
+            loss, _ = task(batch, [torch.Generator().manual_seed(0)])
+    del loss
+    return sum(sizes.values())
+
+
+# ---------------------------------------------------------------------------------- parent side
+def measure_in_subprocess(method: Method, size: int, *, base: int | None = None, device: str = "cpu",
+                          repeats: int = 1, seed: int = 0, threads: int | None = None, saved: bool = True,
+                          timeout: float | None = None) -> dict[str, Any]:
+    """Run :func:`run_worker` for one configuration in a fresh Python process.
+
+    Returns the worker's result, or ``{"method", "size", "error"}`` when it failed (out of
+    memory, killed, bad size); a failure never stops the caller.
+    """
+    spec = {"method": method.to_dict(), "size": int(size), "base": base, "device": device,
+            "repeats": int(repeats), "seed": int(seed), "threads": threads, "saved": saved}
+    env = {**os.environ, **WORKER_ENV}
+    # ``-c`` rather than ``-m``: the package __init__ already imports this module.
+    cmd = [sys.executable, "-c", "import sys; from voxdiff.bench.memory import _main; sys.exit(_main(sys.argv[1:]))",
+           "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"method": method.name, "size": int(size), "error": f"timed out after {timeout:g} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    if proc.returncode < 0:
+        tail = f"killed by signal {-proc.returncode} (out of memory?)"
+    return {"method": method.name, "size": int(size), "error": tail}
+
+
+def run_memory_benchmark(methods: Sequence[Method], sizes: Sequence[int], *, base: int | None = None,
+                         device: str = "cpu", repeats: int = 1, seed: int = 0, threads: int | None = None,
+                         saved: bool = True, timeout: float | None = None,
+                         on_result: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Every (method, size) in its own process; ``ratio_to_full3d`` added where full3d ran at that size."""
+    results = []
+    for size in sizes:
+        for m in methods:
+            res = measure_in_subprocess(m, size, base=base, device=device, repeats=repeats, seed=seed,
+                                        threads=threads, saved=saved, timeout=timeout)
+            results.append(res)
+            if on_result is not None:
+                on_result(res)
+    add_ratios(results)
+    return results
+
+
+def add_ratios(results: list[dict[str, Any]], reference: str = "full3d") -> None:
+    """Add ``mem_ratio`` / ``time_ratio`` (method / ``reference`` at the same size) in place."""
+    ref = {r["size"]: r for r in results if r.get("method") == reference and "error" not in r}
+    for r in results:
+        base = ref.get(r.get("size"))
+        if "error" in r or base is None:
+            continue
+        r["mem_ratio"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
+        r["time_ratio"] = r["step_s"] / base["step_s"] if base["step_s"] > 0 else None
+
+
+def plot_memory(results: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """PNG: peak step memory and step time vs volume edge (log scales), one line per method."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from voxdiff.io import atomic_write_bytes
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        raise VoxdiffError("no successful measurement to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r["method"] for r in ok):
+        rows = sorted((r for r in ok if r["method"] == name), key=lambda r: r["size"])
+        xs = [r["size"] for r in rows]
+        axes[0].plot(xs, [max(r["peak_mib"], 1e-3) for r in rows], "o-", label=name)
+        axes[1].plot(xs, [r["step_s"] for r in rows], "o-", label=name)
+    for ax, lab in zip(axes, ("peak training-step memory (MiB)", "training-step time (s)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("volume edge (voxels, cubic)")
+        ax.set_ylabel(lab)
+        ax.set_xticks(sorted({r["size"] for r in ok}))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    dev = ok[0].get("device", "")
+    fig.suptitle(title or f"one training step, batch 1, {dev}", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="voxdiff memory-benchmark worker (internal)")
+    ap.add_argument("--worker", required=True, help="JSON spec of one configuration")
+    args = ap.parse_args(argv)
+    try:
+        res = run_worker(json.loads(args.worker))
+    except VoxdiffError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(RESULT_PREFIX + json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,169 @@
+"""The methods the benchmarks compare, each a plain task config (no benchmark-only model code).
+
+* ``full3d``: conditional DDPM (T = 1000, epsilon) with MONAI's ``DiffusionModelUNet``, the
+  condition concatenated on channels, trained and sampled on the whole volume.
+* ``patch``: PatchDDM-3D style: the same DDPM with a voxdiff ``UNet3D`` and normalised global
+  coordinate channels, trained on random crops of half the volume's edge, sampled on the whole
+  volume (the network is fully convolutional).
+* ``ppdm2`` / ``ppdm4``: PPDM (pixel puzzle r = 2 / 4 + bridge + puzzle-gradient loss) at the
+  same base width; ``ppdm4w`` widens the backbone to ``r^3 x`` its input channels (128);
+  ``-nograd`` variants drop the puzzle-gradient loss; ``ppdm2-inv`` / ``idm`` use the
+  invertible backbone (listed only when :mod:`voxdiff.nets.invertible` imports).
+
+All share ``base`` (the first level's width) and a three-level encoder (widths ``b, 2b, 2b``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxdiff.errors import VoxdiffError
+
+DDPM_PROCESS = {"kind": "ddpm", "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+# The process of configs/pet_ppdm.yaml.
+BRIDGE_PROCESS = {"kind": "bridge", "num_train_timesteps": 1000, "schedule": "linear", "noise_scale": 0.5,
+                  "prediction_type": "x0"}
+
+
+@dataclass
+class Method:
+    """One benchmarked configuration.
+
+    ``crop_fraction`` is the training crop edge relative to the volume edge (PatchDDM trains on
+    patches); ``samplers`` maps a sampler name to ``(steps, eta)`` used by the sampling benchmark;
+    ``puzzle_factor`` is 1 for non-puzzled methods.
+    """
+
+    name: str
+    task: str
+    model: dict[str, Any]
+    description: str
+    crop_fraction: float = 1.0
+    samplers: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    precision: str = "fp32"
+
+    @property
+    def puzzle_factor(self) -> int:
+        """The method's puzzle factor (1 when not puzzled)."""
+        return int(self.model.get("puzzle_factor", 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, to pass a method to a worker subprocess."""
+        return {"name": self.name, "task": self.task, "model": self.model, "description": self.description,
+                "crop_fraction": self.crop_fraction, "samplers": {k: list(v) for k, v in self.samplers.items()},
+                "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Method":
+        """Inverse of :meth:`to_dict`."""
+        samplers = {k: (int(v[0]), None if v[1] is None else float(v[1])) for k, v in data.get("samplers", {}).items()}
+        return cls(data["name"], data["task"], copy.deepcopy(data["model"]), data.get("description", ""),
+                   float(data.get("crop_fraction", 1.0)), samplers, data.get("precision", "fp32"))
+
+
+def invertible_available() -> bool:
+    """Whether the invertible backbone imports (it is optional for the benchmarks)."""
+    try:
+        importlib.import_module("voxdiff.nets.invertible")
+    except Exception:  # any import-time failure means "not available", never a crash
+        return False
+    return True
+
+
+def _unet(base: int) -> dict[str, Any]:
+    return {"kind": "unet", "base_channels": base, "channel_mults": [1, 2, 2], "num_res_blocks": 1,
+            "attention_levels": []}
+
+
+def _invertible(base: int) -> dict[str, Any]:
+    return {"kind": "invertible", "base_channels": base, "levels": 3, "blocks_per_level": 1,
+            "memory_saving": True}
+
+
+def full3d_model(base: int = 32) -> dict[str, Any]:
+    """Model section of the full-3D MONAI DDPM baseline."""
+    return {"process": dict(DDPM_PROCESS),
+            "backbone": {"kind": "monai", "channels": [base, 2 * base, 2 * base],
+                         "attention_levels": [False, False, False], "num_res_blocks": 1, "norm_num_groups": 8,
+                         "num_head_channels": base},
+            "puzzle_factor": 1, "coords": False}
+
+
+def patch_model(base: int = 32) -> dict[str, Any]:
+    """Model section of the PatchDDM-3D style baseline (coordinate channels, UNet3D)."""
+    return {"process": dict(DDPM_PROCESS), "backbone": _unet(base), "puzzle_factor": 1, "coords": True}
+
+
+def ppdm_model(base: int = 32, factor: int = 2, gradient_loss: bool = True, backbone: str = "unet") -> dict[str, Any]:
+    """Model section of PPDM at puzzle factor ``factor``."""
+    bb = _invertible(base) if backbone == "invertible" else _unet(base)
+    return {"process": dict(BRIDGE_PROCESS), "backbone": bb, "puzzle_factor": int(factor),
+            "gradient_loss_weight": 0.1 if gradient_loss else 0.0, "channels": 1}
+
+
+_DDPM_SAMPLERS = {"ddpm": (1000, 1.0), "ddim": (50, 0.0)}
+_PPDM_SAMPLERS = {"bridge": (5, 0.0)}
+
+
+def builtin_methods(base: int = 32) -> dict[str, Method]:
+    """Every built-in method at base width ``base`` (invertible ones only if they import)."""
+    wide = max(base, 2 * 4 ** 3)  # (source + x_t) * r^3 channels enter the r = 4 backbone
+    out = {
+        "full3d": Method("full3d", "translation_ddpm", full3d_model(base),
+                         f"MONAI DiffusionModelUNet [{base},{2 * base},{2 * base}], DDPM, whole volume",
+                         samplers=dict(_DDPM_SAMPLERS)),
+        "patch": Method("patch", "translation_ddpm", patch_model(base),
+                        f"UNet3D base {base} + coordinates, DDPM, crops of half the edge", crop_fraction=0.5,
+                        samplers=dict(_DDPM_SAMPLERS)),
+    }
+    for r in (2, 4):
+        out[f"ppdm{r}"] = Method(f"ppdm{r}", "translation", ppdm_model(base, r),
+                                 f"PPDM r={r}, UNet3D base {base}, bridge + puzzle-gradient loss",
+                                 samplers=dict(_PPDM_SAMPLERS))
+        out[f"ppdm{r}-nograd"] = Method(f"ppdm{r}-nograd", "translation", ppdm_model(base, r, gradient_loss=False),
+                                        f"PPDM r={r}, UNet3D base {base}, no puzzle-gradient loss",
+                                        samplers=dict(_PPDM_SAMPLERS))
+    out["ppdm4w"] = Method("ppdm4w", "translation", ppdm_model(wide, 4),
+                           f"PPDM r=4, UNet3D widened to base {wide} (= r^3 x input channels)",
+                           samplers=dict(_PPDM_SAMPLERS))
+    if invertible_available():
+        out["ppdm2-inv"] = Method("ppdm2-inv", "translation", ppdm_model(base, 2, backbone="invertible"),
+                                  f"PPDM r=2, invertible UNet base {base} (memory-saving backward)",
+                                  samplers=dict(_PPDM_SAMPLERS))
+        idm = {"process": dict(DDPM_PROCESS), "backbone": _invertible(base), "puzzle_factor": 1, "coords": False}
+        out["idm"] = Method("idm", "translation_ddpm", idm,
+                            f"conditional DDPM, invertible UNet base {base}, whole volume (IDM-style)",
+                            samplers=dict(_DDPM_SAMPLERS))
+    return out
+
+
+DEFAULT_METHODS = ("full3d", "patch", "ppdm2", "ppdm4")
+
+
+def resolve_methods(names: list[str] | tuple[str, ...], base: int = 32) -> list[Method]:
+    """Methods by name; an unknown name is a user error listing the known ones."""
+    known = builtin_methods(base)
+    out = []
+    for name in names:
+        if name not in known:
+            hint = " (the invertible backbone does not import here)" if name in ("ppdm2-inv", "idm") else ""
+            raise VoxdiffError(f"unknown benchmark method '{name}'{hint}; known: {', '.join(known)}")
+        out.append(known[name])
+    return out
+
+
+def method_from_config(path: str, overrides: list[str] | None = None) -> Method:
+    """A user's training config (YAML) as a method named after the file."""
+    from pathlib import Path
+
+    from voxdiff.train.config import load_config
+
+    cfg = load_config(path, overrides)
+    steps = int(cfg["inference"]["steps"])
+    eta = cfg["inference"].get("eta")
+    return Method(Path(path).stem, cfg["task"], cfg["model"], f"{path} (task {cfg['task']})",
+                  samplers={"config": (steps, None if eta is None else float(eta))},
+                  precision=cfg["train"]["precision"])

@@ -1,0 +1,247 @@
+"""``voxdiff bench memory`` / ``voxdiff bench sampling``: training-step memory and sampling speed."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from voxdiff.cli.app import bench_app, console
+from voxdiff.errors import VoxdiffError
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise VoxdiffError(f"{what} '{text}' must be a comma-separated list of positive integers")
+    return values
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise VoxdiffError(f"--device must be cpu or cuda, got '{device}'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VoxdiffError("--device cuda: no CUDA GPU is available to this PyTorch")
+    return device
+
+
+def _methods(methods: str | None, config: Path | None, overrides: list[str], base: int, default: tuple[str, ...]):
+    from voxdiff.bench.methods import method_from_config, resolve_methods
+
+    names = _names(methods) if methods is not None else ([] if config is not None else list(default))
+    out = resolve_methods(names, base)
+    if config is not None:
+        out.append(method_from_config(str(config), overrides))
+    if not out:
+        raise VoxdiffError("nothing to benchmark: give --methods or --config")
+    return out
+
+
+def _environment() -> dict[str, Any]:
+    from voxdiff.train.trainer import environment_summary
+
+    return {**environment_summary(), "python": platform.python_version(), "machine": platform.machine(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    from voxdiff.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+@bench_app.command("memory")
+def memory(
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: full3d, patch, ppdm2, ppdm4, "
+                                          "ppdm4w, ppdm2-nograd, ppdm4-nograd, ppdm2-inv, idm "
+                                          "[default: full3d,patch,ppdm2,ppdm4, or none with --config]."),
+    sizes: str = typer.Option("64,96,128", "--sizes", help="Cubic volume edges, comma-separated."),
+    base: int = typer.Option(32, "--base", help="Base width (first level's channels) of every built-in method."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    repeats: int = typer.Option(1, "--repeats", help="Measured steps after the warm-up step (time = median)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Also measure the model of this training config."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a value of --config: key.sub=value."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per worker (default: torch's)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up on one configuration after this many seconds."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory and step time vs size (log scales)."),
+) -> None:
+    """Peak memory and time of ONE training step (forward, backward, AdamW) per method and size.
+
+    Each configuration runs in a fresh process, batch 1, random data, after one warm-up step.
+    Memory is measured above the resident model and batch: peak RSS on CPU, max_memory_allocated
+    on CUDA. The patch method trains on crops of half the volume edge (as PatchDDM does).
+
+    Example: [cyan]voxdiff bench memory --methods full3d,patch,ppdm2,ppdm4 --sizes 64,96,128 --json mem.json --plot mem.png[/]
+
+    Example: [cyan]voxdiff bench memory --config my.yaml --sizes 96[/]
+    """
+    from voxdiff.bench.memory import add_ratios, plot_memory, run_memory_benchmark
+
+    size_list = _int_list(sizes, "--sizes")
+    if repeats < 1:
+        raise VoxdiffError(f"--repeats must be >= 1, got {repeats}")
+    if base < 1:
+        raise VoxdiffError(f"--base must be >= 1, got {base}")
+    device = _check_device(device)
+    for path in (json_out, plot):
+        if path is not None:
+            from voxdiff.io import check_writable_dir
+
+            check_writable_dir(path)
+    chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
+    console.print(f"[bold]bench memory[/]: {len(chosen)} method(s) x {len(size_list)} size(s) on {device}, "
+                  "one fresh process each")
+
+    def report(r: dict) -> None:
+        if "error" in r:
+            console.print(f"  {r['method']} @ {r['size']}^3: [red]failed[/] ({r['error']})", highlight=False)
+        else:
+            console.print(f"  {r['method']} @ {r['size']}^3: {r['peak_mib']:.0f} MiB, {r['step_s']:.2f} s/step",
+                          highlight=False)
+
+    results = run_memory_benchmark(chosen, size_list, base=base, device=device, repeats=repeats,
+                                   threads=threads, timeout=timeout, on_result=report)
+    add_ratios(results)
+    console.print(memory_table(results))
+    payload = {"benchmark": "memory", "environment": _environment(), "device": device, "base": base,
+               "sizes": size_list, "repeats": repeats, "methods": {m.name: m.to_dict() for m in chosen},
+               "results": results}
+    if json_out is not None:
+        _write_json(json_out, payload)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        if any("error" not in r for r in results):
+            plot_memory(results, plot)
+            console.print(f"wrote {plot}")
+        else:
+            console.print("[yellow]no successful measurement: plot not written[/]")
+
+
+def memory_table(results: list[dict]) -> Table:
+    """Rich table of memory-benchmark results."""
+    t = Table(title="one training step, batch 1 (memory above model + batch)")
+    for col in ("method", "volume", "train crop", "params", "peak MiB", "x full3d", "saved MiB", "step s",
+                "x full3d "):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in results:
+        if "error" in r:
+            t.add_row(r["method"], f"{r['size']}^3", "", "", f"[red]{r['error'][:40]}[/]", "", "", "", "")
+            continue
+        t.add_row(r["method"], f"{r['size']}^3", f"{r['train_size']}^3", f"{r['params'] / 1e6:.2f}M",
+                  _fmt(r["peak_mib"], ".0f"), _fmt(r.get("mem_ratio"), ".3f"), _fmt(r.get("saved_mib"), ".0f"),
+                  _fmt(r["step_s"], ".2f"), _fmt(r.get("time_ratio"), ".2f"))
+    return t
+
+
+@bench_app.command("sampling")
+def sampling(
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (as for bench memory) "
+                                          "[default: full3d,patch,ppdm2,ppdm4, or none with --config]."),
+    size: Optional[str] = typer.Option(None, "--size", help="Volume size: N (cubic) or X,Y,Z [default: 96]."),
+    input_: Optional[Path] = typer.Option(None, "--input", help="Time on this volume's grid instead of --size."),
+    steps_per_method: Optional[str] = typer.Option(
+        None, "--steps-per-method",
+        help="Override steps, e.g. full3d-ddpm=1000,full3d-ddim=50,patch=50,ppdm=5 (0 skips). Defaults: "
+             "DDPM methods ddpm=1000 and ddim=50, PPDM 5."),
+    max_steps: int = typer.Option(10, "--max-steps", help="Time at most this many steps; longer chains are extrapolated."),
+    base: int = typer.Option(32, "--base", help="Base width of every built-in method."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Also time the model of this training config."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a value of --config: key.sub=value."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and noise."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
+) -> None:
+    """Seconds to sample one whole volume per method at its standard step count (random weights).
+
+    Speed does not depend on the weights. Chains longer than --max-steps are timed on their
+    first steps and extrapolated (marked in the table). Ratios are to PPDM r=2 when present.
+
+    Example: [cyan]voxdiff bench sampling --size 120,120,90 --json sampling.json[/]
+    """
+    from voxdiff.bench.sampling import add_sampling_ratios, parse_steps, run_sampling_benchmark
+
+    device = _check_device(device)
+    if max_steps < 1:
+        raise VoxdiffError(f"--max-steps must be >= 1, got {max_steps}")
+    if input_ is not None and size is not None:
+        raise VoxdiffError("give either --size or --input, not both")
+    if json_out is not None:
+        from voxdiff.io import check_writable_dir
+
+        check_writable_dir(json_out)
+    steps = parse_steps(steps_per_method)
+    chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
+    source, shape = None, None
+    if input_ is not None:
+        import numpy as np
+
+        from voxdiff.intensity import percentile_scaler
+        from voxdiff.io import load_volume
+
+        vol = load_volume(input_, role="input")
+        arr = np.asarray(vol.array, dtype=np.float32)
+        source = percentile_scaler(arr, 0.5, 99.5).forward(arr) if arr.max() > arr.min() else np.zeros_like(arr)
+        shape = list(arr.shape)
+    else:
+        shape = _int_list(size or "96", "--size")
+        shape = shape * 3 if len(shape) == 1 else shape
+        if len(shape) != 3:
+            raise VoxdiffError(f"--size '{size}' must be N or X,Y,Z")
+    console.print(f"[bold]bench sampling[/]: whole volume {'x'.join(map(str, shape))} on {device}")
+
+    def report(r: dict) -> None:
+        if "error" in r:
+            console.print(f"  {r['run']}: [red]failed[/] ({r['error']})", highlight=False)
+        else:
+            extra = f" (extrapolated from {r['measured_steps']} steps)" if r["extrapolated"] else ""
+            console.print(f"  {r['run']}: {r['steps']} steps, {r['seconds']:.1f} s{extra}", highlight=False)
+
+    import torch
+
+    results = run_sampling_benchmark(chosen, shape, source=None if source is None else torch.from_numpy(source),
+                                     steps=steps, device=device, max_steps=max_steps, seed=seed, threads=threads,
+                                     on_result=report)
+    ref = add_sampling_ratios(results)
+    console.print(sampling_table(results, ref))
+    if json_out is not None:
+        _write_json(json_out, {"benchmark": "sampling", "environment": _environment(), "device": device,
+                               "shape": shape, "base": base, "reference": ref, "results": results})
+        console.print(f"wrote {json_out}")
+
+
+def sampling_table(results: list[dict], reference: str | None) -> Table:
+    """Rich table of sampling-benchmark results."""
+    t = Table(title="sampling one whole volume (random weights)")
+    for col in ("run", "steps", "s / step", "s / volume", f"x {reference or 'PPDM'}", "peak MiB", "note"):
+        t.add_column(col, justify="left" if col in ("run", "note") else "right")
+    for r in results:
+        if "error" in r:
+            t.add_row(r["run"], str(r["steps"]), "", "", "", "", f"[red]{r['error'][:50]}[/]")
+            continue
+        note = f"extrapolated from {r['measured_steps']} steps" if r["extrapolated"] else ""
+        t.add_row(r["run"], str(r["steps"]), _fmt(r["sec_per_step"], ".3f"), _fmt(r["seconds"], ".1f"),
+                  _fmt(r.get("ratio_to_ppdm"), ".1f"), _fmt(r["peak_mib"], ".0f"), note)
+    return t
