@@ -103,7 +103,9 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key, value in group[0].items():
             if key in ("method", "case"):
                 continue
-            if isinstance(value, (int, float)) and value is not None:
+            if all(r.get(key) == value for r in group):  # settings (t', K, N, NFE) stay as they are
+                agg[key] = value
+            elif isinstance(value, (int, float)):
                 vals = np.array([float(r[key]) for r in group if r.get(key) is not None], dtype=np.float64)
                 finite = vals[np.isfinite(vals)]
                 agg[key] = float(finite.mean()) if finite.size else math.nan
@@ -151,7 +153,7 @@ def _print_table(summary: list[dict[str, Any]], names: list[str]) -> None:
                   _fmt(r.get("nfe")), _fmt(r.get("seconds"), 1), *[_fmt(r.get(f"dice_{n}")) for n in names],
                   _fmt(r.get("dice_mean")), _fmt(r.get("hd95_mean"), 2), _fmt(r.get("auroc_entropy_fg")),
                   _fmt(r.get("auroc_mutual_information_fg")))
-    Console().print(t)
+    Console(width=max(160, Console().width)).print(t)
 
 
 def main(argv: list[str] | None = None) -> int:

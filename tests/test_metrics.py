@@ -229,3 +229,22 @@ def test_ssim_stays_accurate_on_large_intensity_offsets():
     c1, c2 = (0.01 * 50.0) ** 2, (0.03 * 50.0) ** 2
     ref = (((2 * mx * my + c1) / (mx**2 + my**2 + c1)) * ((2 * sxy + c2) / (sx + sy + c2))).mean().item()
     assert M.ssim(pred, target, 50.0) == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI warns about its own internal argument
+def test_dice_and_hd95_match_monai_on_uncropped_irregular_masks():
+    # The bounding-box crop must not change either value, also for blobs touching the border.
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(4)
+    shape = (20, 18, 16)
+    a = binary_dilation(rng.random(shape) > 0.995, iterations=2)
+    b = binary_dilation(rng.random(shape) > 0.995, iterations=2)
+    a[0, :4, :4] = True  # touches the volume border
+    t = lambda m: torch.tensor(m[None, None], dtype=torch.float32)  # noqa: E731
+    spacing = [1.0, 1.5, 2.5]
+    ref_hd = compute_hausdorff_distance(t(a), t(b), include_background=True, percentile=95, spacing=spacing).item()
+    ref_dice = compute_dice(t(a), t(b), include_background=True).item()
+    assert M.hd95(a, b, spacing) == pytest.approx(ref_hd, rel=1e-6)
+    assert M.dice(a, b) == pytest.approx(ref_dice, rel=1e-6)

@@ -156,14 +156,28 @@ def synthetic_batch(task, size: int | Sequence[int], volume: int | Sequence[int]
     return batch
 
 
+def _limit_address_space(gib: float) -> None:
+    """Cap this process's address space at its current size + ``gib`` GiB.
+
+    A configuration that needs more fails with an allocation error in its own process instead
+    of waking the kernel's OOM killer, which on a shared machine may pick another process.
+    """
+    import resource
+
+    size_kib = _rss_kib("VmSize") or 0
+    limit = int(size_kib * 1024 + gib * 1024 ** 3)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one configuration in this process (call only in a fresh process)."""
     import torch
 
-    from voxdiff.tasks import build_task
     from voxdiff.train.trainer import _autocast
 
     method = Method.from_dict(spec["method"])
+    if spec.get("mem_limit_gib"):
+        _limit_address_space(float(spec["mem_limit_gib"]))
     size = int(spec["size"])
     repeats = max(1, int(spec.get("repeats", 1)))
     device = torch.device(spec.get("device", "cpu"))
@@ -171,7 +185,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(int(spec.get("seed", 0)))
     crop = int(round(size * method.crop_fraction))
-    task = build_task(method.task, method.model).to(device)
+    task = method.build().to(device)
     mult = task.required_multiple
     if crop % mult:
         raise VoxdiffError(f"{method.name}: training crop {crop}^3 (volume {size}^3) is not a multiple of "
@@ -244,14 +258,16 @@ def _saved_bytes(task, batch, device, precision: str) -> int:
 # ---------------------------------------------------------------------------------- parent side
 def measure_in_subprocess(method: Method, size: int, *, base: int | None = None, device: str = "cpu",
                           repeats: int = 1, seed: int = 0, threads: int | None = None, saved: bool = True,
-                          timeout: float | None = None) -> dict[str, Any]:
+                          timeout: float | None = None, mem_limit_gib: float | None = None) -> dict[str, Any]:
     """Run :func:`run_worker` for one configuration in a fresh Python process.
 
     Returns the worker's result, or ``{"method", "size", "error"}`` when it failed (out of
-    memory, killed, bad size); a failure never stops the caller.
+    memory, killed, bad size); a failure never stops the caller. ``mem_limit_gib`` caps the
+    worker's address space (CPU only: CUDA reserves huge virtual ranges).
     """
     spec = {"method": method.to_dict(), "size": int(size), "base": base, "device": device,
-            "repeats": int(repeats), "seed": int(seed), "threads": threads, "saved": saved}
+            "repeats": int(repeats), "seed": int(seed), "threads": threads, "saved": saved,
+            "mem_limit_gib": mem_limit_gib if device == "cpu" else None}
     env = {**os.environ, **WORKER_ENV}
     # ``-c`` rather than ``-m``: the package __init__ already imports this module.
     cmd = [sys.executable, "-c", "import sys; from voxdiff.bench.memory import _main; sys.exit(_main(sys.argv[1:]))",
@@ -271,14 +287,14 @@ def measure_in_subprocess(method: Method, size: int, *, base: int | None = None,
 
 def run_memory_benchmark(methods: Sequence[Method], sizes: Sequence[int], *, base: int | None = None,
                          device: str = "cpu", repeats: int = 1, seed: int = 0, threads: int | None = None,
-                         saved: bool = True, timeout: float | None = None,
+                         saved: bool = True, timeout: float | None = None, mem_limit_gib: float | None = None,
                          on_result: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """Every (method, size) in its own process; ``ratio_to_full3d`` added where full3d ran at that size."""
     results = []
     for size in sizes:
         for m in methods:
             res = measure_in_subprocess(m, size, base=base, device=device, repeats=repeats, seed=seed,
-                                        threads=threads, saved=saved, timeout=timeout)
+                                        threads=threads, saved=saved, timeout=timeout, mem_limit_gib=mem_limit_gib)
             results.append(res)
             if on_result is not None:
                 on_result(res)
@@ -338,11 +354,18 @@ def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="voxdiff memory-benchmark worker (internal)")
     ap.add_argument("--worker", required=True, help="JSON spec of one configuration")
     args = ap.parse_args(argv)
+    spec = json.loads(args.worker)
     try:
-        res = run_worker(json.loads(args.worker))
+        res = run_worker(spec)
     except VoxdiffError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        limit = f" (limit {spec['mem_limit_gib']:g} GiB)" if spec.get("mem_limit_gib") else ""
+        print(f"out of memory{limit}", file=sys.stderr)
+        return 3
     print(RESULT_PREFIX + json.dumps(res), flush=True)
     return 0
 

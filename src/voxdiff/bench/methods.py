@@ -1,7 +1,10 @@
 """The methods the benchmarks compare, each a plain task config (no benchmark-only model code).
 
 * ``full3d``: conditional DDPM (T = 1000, epsilon) with MONAI's ``DiffusionModelUNet``, the
-  condition concatenated on channels, trained and sampled on the whole volume.
+  condition concatenated on channels, trained and sampled on the whole volume. MONAI's UNet
+  always has a self-attention block at the bottleneck; voxdiff's adapter runs it with fused
+  SDPA on CUDA and as an explicit N x N matrix on CPU. ``full3d-sdpa`` forces the fused
+  kernel on any device (what a GPU run of ``full3d`` does).
 * ``patch``: PatchDDM-3D style: the same DDPM with a voxdiff ``UNet3D`` and normalised global
   coordinate channels, trained on random crops of half the volume's edge, sampled on the whole
   volume (the network is fully convolutional).
@@ -44,6 +47,7 @@ class Method:
     crop_fraction: float = 1.0
     samplers: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     precision: str = "fp32"
+    sdpa_attention: bool = False
 
     @property
     def puzzle_factor(self) -> int:
@@ -54,14 +58,40 @@ class Method:
         """Plain data, to pass a method to a worker subprocess."""
         return {"name": self.name, "task": self.task, "model": self.model, "description": self.description,
                 "crop_fraction": self.crop_fraction, "samplers": {k: list(v) for k, v in self.samplers.items()},
-                "precision": self.precision}
+                "precision": self.precision, "sdpa_attention": self.sdpa_attention}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Method":
         """Inverse of :meth:`to_dict`."""
         samplers = {k: (int(v[0]), None if v[1] is None else float(v[1])) for k, v in data.get("samplers", {}).items()}
         return cls(data["name"], data["task"], copy.deepcopy(data["model"]), data.get("description", ""),
-                   float(data.get("crop_fraction", 1.0)), samplers, data.get("precision", "fp32"))
+                   float(data.get("crop_fraction", 1.0)), samplers, data.get("precision", "fp32"),
+                   bool(data.get("sdpa_attention", False)))
+
+    def build(self):
+        """The task, built as training builds it (plus the method's attention switch)."""
+        from voxdiff.tasks import build_task
+
+        task = build_task(self.task, self.model)
+        if self.sdpa_attention:
+            use_sdpa_attention(task)
+        return task
+
+
+def use_sdpa_attention(module) -> int:
+    """Switch MONAI attention blocks to PyTorch's fused ``scaled_dot_product_attention``.
+
+    voxdiff's MONAI adapter does so on CUDA only; the fused kernel gives the same result
+    (to float rounding) without materialising the N x N attention matrix, which for the
+    bottleneck of MONAI's DiffusionModelUNet (it always has a self-attention mid block) is
+    ``heads x (V/64)^2`` floats, e.g. 8 GiB at 128^3. Returns the number of blocks switched.
+    """
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "use_flash_attention") and not getattr(m, "save_attn", False):
+            m.use_flash_attention = True
+            n += 1
+    return n
 
 
 def invertible_available() -> bool:
@@ -115,6 +145,9 @@ def builtin_methods(base: int = 32) -> dict[str, Method]:
         "full3d": Method("full3d", "translation_ddpm", full3d_model(base),
                          f"MONAI DiffusionModelUNet [{base},{2 * base},{2 * base}], DDPM, whole volume",
                          samplers=dict(_DDPM_SAMPLERS)),
+        "full3d-sdpa": Method("full3d-sdpa", "translation_ddpm", full3d_model(base),
+                              "full3d with fused SDPA attention in MONAI's bottleneck attention (as on CUDA)",
+                              samplers=dict(_DDPM_SAMPLERS), sdpa_attention=True),
         "patch": Method("patch", "translation_ddpm", patch_model(base),
                         f"UNet3D base {base} + coordinates, DDPM, crops of half the edge", crop_fraction=0.5,
                         samplers=dict(_DDPM_SAMPLERS)),

@@ -97,12 +97,11 @@ def time_run(run: SamplingRun, source, *, max_steps: int = 10, seed: int = 0) ->
     import torch
 
     from voxdiff.bench.memory import MIB, _CpuMeter, _CudaMeter
-    from voxdiff.tasks import build_task
     from voxdiff.tasks.inference import predict_volume
 
     device = source.device
     torch.manual_seed(seed)
-    task = build_task(run.method.task, run.method.model).to(device).eval()
+    task = run.method.build().to(device).eval()
     if len(task.input_roles) != 1:
         raise VoxdiffError(f"{run.method.name}: the sampling benchmark handles one-input tasks only "
                            f"(this task needs {', '.join(task.input_roles) or 'none'})")

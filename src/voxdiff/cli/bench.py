@@ -73,8 +73,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 @bench_app.command("memory")
 def memory(
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: full3d, patch, ppdm2, ppdm4, "
-                                          "ppdm4w, ppdm2-nograd, ppdm4-nograd, ppdm2-inv, idm "
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: full3d, full3d-sdpa, patch, "
+                                          "ppdm2, ppdm4, ppdm4w, ppdm2-nograd, ppdm4-nograd, ppdm2-inv, idm "
                                           "[default: full3d,patch,ppdm2,ppdm4, or none with --config]."),
     sizes: str = typer.Option("64,96,128", "--sizes", help="Cubic volume edges, comma-separated."),
     base: int = typer.Option(32, "--base", help="Base width (first level's channels) of every built-in method."),
@@ -84,6 +84,8 @@ def memory(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a value of --config: key.sub=value."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per worker (default: torch's)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up on one configuration after this many seconds."),
+    mem_limit: Optional[float] = typer.Option(None, "--mem-limit-gib", help="CPU: fail a configuration that needs "
+                                              "more than this many GiB instead of risking the OOM killer."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory and step time vs size (log scales)."),
 ) -> None:
@@ -122,11 +124,12 @@ def memory(
                           highlight=False)
 
     results = run_memory_benchmark(chosen, size_list, base=base, device=device, repeats=repeats,
-                                   threads=threads, timeout=timeout, on_result=report)
+                                   threads=threads, timeout=timeout, mem_limit_gib=mem_limit, on_result=report)
     add_ratios(results)
     console.print(memory_table(results))
     payload = {"benchmark": "memory", "environment": _environment(), "device": device, "base": base,
-               "sizes": size_list, "repeats": repeats, "methods": {m.name: m.to_dict() for m in chosen},
+               "sizes": size_list, "repeats": repeats, "threads": threads, "mem_limit_gib": mem_limit,
+               "methods": {m.name: m.to_dict() for m in chosen},
                "results": results}
     if json_out is not None:
         _write_json(json_out, payload)
@@ -141,13 +144,13 @@ def memory(
 
 def memory_table(results: list[dict]) -> Table:
     """Rich table of memory-benchmark results."""
-    t = Table(title="one training step, batch 1 (memory above model + batch)")
-    for col in ("method", "volume", "train crop", "params", "peak MiB", "x full3d", "saved MiB", "step s",
-                "x full3d "):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    t = Table(title="one training step, batch 1: peak MiB above model + batch, ratios to full3d")
+    t.add_column("method", no_wrap=True)
+    for col in ("volume", "crop", "params", "MiB", "/full3d", "saved", "s/step", "/full3d "):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in results:
         if "error" in r:
-            t.add_row(r["method"], f"{r['size']}^3", "", "", f"[red]{r['error'][:40]}[/]", "", "", "", "")
+            t.add_row(r["method"], f"{r['size']}^3", "", "", "[red]failed[/]", "", "", "", "")
             continue
         t.add_row(r["method"], f"{r['size']}^3", f"{r['train_size']}^3", f"{r['params'] / 1e6:.2f}M",
                   _fmt(r["peak_mib"], ".0f"), _fmt(r.get("mem_ratio"), ".3f"), _fmt(r.get("saved_mib"), ".0f"),
@@ -234,14 +237,16 @@ def sampling(
 
 def sampling_table(results: list[dict], reference: str | None) -> Table:
     """Rich table of sampling-benchmark results."""
-    t = Table(title="sampling one whole volume (random weights)")
-    for col in ("run", "steps", "s / step", "s / volume", f"x {reference or 'PPDM'}", "peak MiB", "note"):
-        t.add_column(col, justify="left" if col in ("run", "note") else "right")
+    t = Table(title="sampling one whole volume, random weights")
+    t.add_column("run", no_wrap=True)
+    for col in ("steps", "s/step", "s/volume", f"/{reference or 'PPDM'}", "MiB"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("note")
     for r in results:
         if "error" in r:
             t.add_row(r["run"], str(r["steps"]), "", "", "", "", f"[red]{r['error'][:50]}[/]")
             continue
-        note = f"extrapolated from {r['measured_steps']} steps" if r["extrapolated"] else ""
+        note = f"extrap. from {r['measured_steps']}" if r["extrapolated"] else "measured"
         t.add_row(r["run"], str(r["steps"]), _fmt(r["sec_per_step"], ".3f"), _fmt(r["seconds"], ".1f"),
                   _fmt(r.get("ratio_to_ppdm"), ".1f"), _fmt(r["peak_mib"], ".0f"), note)
     return t

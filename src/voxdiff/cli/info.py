@@ -18,7 +18,7 @@ def info(
 ) -> None:
     """Print each volume's shape, spacing, orientation, stored dtype and intensity range.
 
-    Example: [cyan]voxdiff info ../shared/data/ixi-t1-2mm/t1/IXI002-Guys-0828.nii.gz[/]
+    Example: [cyan]voxdiff info ../shared/data/ixi-t1-2mm/t1/IXI012-HH-1211.nii.gz[/]
     """
     table = Table(title="volumes")
     for col in ("file", "shape", "spacing (mm)", "orientation", "dtype", "min", "max", "mean"):

@@ -6,3 +6,7 @@ from voxdiff.nets.unet import UNet3D
 
 __all__ = ["TimestepEmbedding", "sinusoidal_embedding"]
 __all__ += ["PuzzleNet", "UNet3D", "build_ppdm_net"]
+from voxdiff.nets.invertible import InvertibleUNet  # noqa: E402
+from voxdiff.nets.memory import saved_activation_bytes  # noqa: E402
+
+__all__ += ["InvertibleUNet", "saved_activation_bytes"]

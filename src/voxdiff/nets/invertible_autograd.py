@@ -10,7 +10,9 @@ UNet skip splits and merges are ops too). With ``memory_saving=True`` the whole 
 * backward walks the chain in reverse: it reconstructs each op's inputs from its outputs with
   ``op.inverse``, recomputes that one op with grad enabled and backpropagates through it
   (``torch.autograd.grad``), accumulating parameter and ``temb`` gradients. Peak memory is the
-  stack plus one op's graph, whatever the depth.
+  stack plus one op's graph, whatever the depth. Ops with an ``inverse_with_graph`` method
+  (every one-sided coupling) reconstruct and rebuild their graph with a single evaluation of
+  the coupling function (the RevNet trick), so the backward costs one extra forward, not two.
 
 The recomputation (and the inverse) runs under the autocast state the forward saw, and with
 the RNG state (CPU and CUDA) the op saw in the forward restored, so dropout draws the same
@@ -146,20 +148,27 @@ class _InvertibleChainFunction(torch.autograd.Function):
                 cut = len(state) - op.n_out
                 outs, gouts = tuple(state[cut:]), tuple(grads[cut:])
                 del state[cut:], grads[cut:]
-                with torch.no_grad(), _rng(rng):
-                    ins = _as_tuple(op.inverse(*outs, temb=temb))
-                del outs  # the reconstructed inputs replace them
-                ins = tuple(t.detach().requires_grad_(True) for t in ins)
                 tb = temb.detach().requires_grad_(True) if temb_needs_grad else temb
-                with torch.enable_grad(), _rng(rng):
-                    recomputed = _as_tuple(op(*ins, tb))
+                fused = getattr(op, "inverse_with_graph", None)
+                if fused is not None:
+                    # One evaluation of the coupling function reconstructs and rebuilds the graph.
+                    with torch.enable_grad(), _rng(rng):
+                        leaves, recomputed, assemble = fused(*outs, temb=tb)
+                else:
+                    with torch.no_grad(), _rng(rng):
+                        leaves = _as_tuple(op.inverse(*outs, temb=temb))
+                    leaves = tuple(t.detach().requires_grad_(True) for t in leaves)
+                    with torch.enable_grad(), _rng(rng):
+                        recomputed = _as_tuple(op(*leaves, tb))
+                    assemble = tuple
+                del outs  # the reconstructed inputs replace them
                 own = [spec.params[j] for j in spec.op_params[i]]
-                targets = ins + ((tb,) if temb_needs_grad else ()) + tuple(own)
+                targets = leaves + ((tb,) if temb_needs_grad else ()) + tuple(own)
                 g = torch.autograd.grad(recomputed, targets, gouts, allow_unused=True)
                 del recomputed
-                n = len(ins)
-                grads.extend(gi if gi is not None else torch.zeros_like(x) for gi, x in zip(g[:n], ins))
-                state.extend(x.detach() for x in ins)
+                n = len(leaves)
+                grads.extend(assemble([gi if gi is not None else torch.zeros_like(x) for gi, x in zip(g[:n], leaves)]))
+                state.extend(assemble([x.detach() for x in leaves]))
                 if temb_needs_grad and g[n] is not None:
                     temb_grad = g[n] if temb_grad is None else temb_grad + g[n]
                 for j, gp in zip(spec.op_params[i], g[n + int(temb_needs_grad):]):

@@ -113,8 +113,57 @@ class CouplingNet(nn.Module):
         return self.conv2(self.dropout(F.silu(h)))
 
 
-class AdditiveCoupling(InvertibleModule):
-    """``y_c = x_c``, ``y_u = x_u + F(x_c, temb)``; ``(c, u)`` = (first, second) half, or swapped.
+class OneSidedCoupling(InvertibleModule):
+    """Base of every coupling: ``y_c = x_c``, ``y_u = couple(x_u, fn(x_c, temb))``.
+
+    ``(c, u)`` is the (first, second) channel half, or (second, first) with ``swap``. Subclasses
+    define the coupling function :meth:`fn` and the elementwise :meth:`couple` /
+    :meth:`uncouple` pair. Because ``x_c`` passes through unchanged, one evaluation of ``fn``
+    serves both the reconstruction and the gradient in the memory-saving backward
+    (:meth:`inverse_with_graph`), instead of one for the inverse and one for the recomputation.
+    """
+
+    swap: bool = False
+
+    def fn(self, c: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        """The (non-invertible) coupling function of the conditioning half."""
+        raise NotImplementedError
+
+    def couple(self, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Update the other half with ``out = fn(c)``; invertible in ``u``."""
+        raise NotImplementedError
+
+    def uncouple(self, y_u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Inverse of :meth:`couple` in its first argument."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C, D, H, W)."""
+        c, u = _halves(x, self.swap)
+        return _join(c, self.couple(u, self.fn(c, temb)), self.swap)
+
+    def inverse(self, y: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact inverse of :meth:`forward`."""
+        c, u = _halves(y, self.swap)
+        return _join(c, self.uncouple(u, self.fn(c, temb)), self.swap)
+
+    def inverse_with_graph(self, y: torch.Tensor, temb: torch.Tensor | None = None):
+        """Reconstruct the input and rebuild the forward graph from it with one ``fn`` call.
+
+        Returns ``(leaves, recomputed, assemble)``: grad-requiring leaves ``(x_c, x_u)``, the
+        recomputed outputs (a graph from the leaves, ``temb`` and the parameters), and a function
+        joining per-leaf tensors (values or gradients) into the op's inputs.
+        """
+        c, y_u = _halves(y.detach(), self.swap)
+        c = c.detach().requires_grad_(True)
+        out = self.fn(c, temb)
+        u = self.uncouple(y_u, out.detach()).requires_grad_(True)
+        recomputed = _join(c, self.couple(u, out), self.swap)
+        return (c, u), (recomputed,), lambda parts: (_join(parts[0], parts[1], self.swap),)
+
+
+class AdditiveCoupling(OneSidedCoupling):
+    """``y_c = x_c``, ``y_u = x_u + F(x_c, temb)`` with ``F`` a :class:`CouplingNet`.
 
     Volume preserving; inverse ``x_u = y_u - F(y_c, temb)``. Two couplings with ``swap`` False
     then True update every channel once.
@@ -127,18 +176,20 @@ class AdditiveCoupling(InvertibleModule):
         self.swap = swap
         self.net = CouplingNet(nc, nu, hidden_channels or channels, temb_dim, norm_groups, dropout, zero_init)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, D, H, W) -> (B, C, D, H, W)."""
-        c, u = _halves(x, self.swap)
-        return _join(c, u + self.net(c, temb).to(u.dtype), self.swap)
+    def fn(self, c: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """``F(x_c, temb)``."""
+        return self.net(c, temb)
 
-    def inverse(self, y: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact inverse of :meth:`forward`."""
-        c, u = _halves(y, self.swap)
-        return _join(c, u - self.net(c, temb).to(u.dtype), self.swap)
+    def couple(self, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``u + F``, in ``u``'s dtype (float32 state under autocast)."""
+        return u + out.to(u.dtype)
+
+    def uncouple(self, y_u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``y_u - F``."""
+        return y_u - out.to(y_u.dtype)
 
 
-class AffineCoupling(InvertibleModule):
+class AffineCoupling(OneSidedCoupling):
     """``y_u = x_u * exp(s) + b`` with ``(s, b) = F(x_c, temb)`` and ``s`` soft-clamped to ``(-bound, bound)``.
 
     ``s = bound * tanh(raw / bound)`` keeps every per-block scale within ``exp(+-bound)``, so the
@@ -156,25 +207,26 @@ class AffineCoupling(InvertibleModule):
         self.scale_bound = float(scale_bound)
         self.net = CouplingNet(nc, 2 * nu, hidden_channels or channels, temb_dim, norm_groups, dropout, zero_init)
 
-    def _scale_shift(self, c: torch.Tensor, temb: torch.Tensor | None, dtype: torch.dtype):
-        raw, shift = self.net(c, temb).to(dtype).chunk(2, dim=1)
-        log_s = self.scale_bound * torch.tanh(raw / self.scale_bound)
-        return log_s, shift
+    def fn(self, c: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """Raw ``(log-scale, shift)`` stacked on channels."""
+        return self.net(c, temb)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, D, H, W) -> (B, C, D, H, W)."""
-        c, u = _halves(x, self.swap)
-        log_s, shift = self._scale_shift(c, temb, u.dtype)
-        return _join(c, u * torch.exp(log_s) + shift, self.swap)
+    def _scale_shift(self, out: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, shift = out.to(dtype).chunk(2, dim=1)
+        return self.scale_bound * torch.tanh(raw / self.scale_bound), shift
 
-    def inverse(self, y: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact inverse of :meth:`forward`."""
-        c, u = _halves(y, self.swap)
-        log_s, shift = self._scale_shift(c, temb, u.dtype)
-        return _join(c, (u - shift) * torch.exp(-log_s), self.swap)
+    def couple(self, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``u * exp(s) + b``."""
+        log_s, shift = self._scale_shift(out, u.dtype)
+        return u * torch.exp(log_s) + shift
+
+    def uncouple(self, y_u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``(y_u - b) * exp(-s)``."""
+        log_s, shift = self._scale_shift(out, y_u.dtype)
+        return (y_u - shift) * torch.exp(-log_s)
 
 
-class InvertibleAttention(InvertibleModule):
+class InvertibleAttention(OneSidedCoupling):
     """Additive coupling whose function is voxel self-attention: ``y_u = x_u + Attn(norm(x_c), temb)``.
 
     Multi-head attention over all ``D*H*W`` voxels of the conditioning half via
@@ -198,8 +250,8 @@ class InvertibleAttention(InvertibleModule):
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
 
-    def attend(self, c: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        """The coupling function: (B, C_c, D, H, W) -> (B, C_u, D, H, W)."""
+    def fn(self, c: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """Attention of the conditioning half: (B, C_c, D, H, W) -> (B, C_u, D, H, W)."""
         b, _, *spatial = c.shape
         h = _apply_film(self.film, self.norm(c), temb)
         qkv = self.qkv(h).reshape(b, 3, self.heads, self.head_dim, -1).transpose(-1, -2)
@@ -207,15 +259,8 @@ class InvertibleAttention(InvertibleModule):
         out = out.transpose(-1, -2).reshape(b, self.heads * self.head_dim, *spatial)
         return self.proj(out)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, D, H, W) -> (B, C, D, H, W)."""
-        c, u = _halves(x, self.swap)
-        return _join(c, u + self.attend(c, temb).to(u.dtype), self.swap)
-
-    def inverse(self, y: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact inverse of :meth:`forward`."""
-        c, u = _halves(y, self.swap)
-        return _join(c, u - self.attend(c, temb).to(u.dtype), self.swap)
+    couple = AdditiveCoupling.couple
+    uncouple = AdditiveCoupling.uncouple
 
 
 def haar_matrix_3d(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
