@@ -13,9 +13,13 @@ Methods (configs/pet_*.yaml + overrides, trained by voxdiff's Trainer):
 
 Evaluation cases are the first ``--eval-cases`` of the trainer's validation split
 (``data.val_fraction`` 0.1, ``data.split_seed`` 0: the same for every method). Metrics follow
-docs/metrics.md: ``voxdiff.metrics.image_metrics`` on the whole volume, data range = the
-target's max - min per case; the seam metric (``voxdiff.losses.seam_metric``) is computed at
-periods 2 and 4 on the grid the method's puzzle blocks lie on.
+docs/metrics.md: ``voxdiff.metrics.image_metrics`` inside the brain mask (manifest ``label`` >
+0, as benchmarks/translation_eval.py; ``--no-mask`` for the whole volume; whole-volume PSNR/SSIM
+are in the JSON too), data range = the target's max - min there, per case. The seam metric
+(``voxdiff.losses.seam_metric``) is computed at periods 2 and 4 on the grid the method's
+puzzle blocks lie on. ``--eval-crop X,Y,Z`` scores the centred box of each held-out volume
+instead of the whole volume (sampling full-resolution DDPMs on whole volumes is hours per
+volume on a CPU); every method then sees the same box.
 
 Example (a smoke run, then a modest one):
 
@@ -55,7 +59,8 @@ def method_config(method: str, *, steps: int, crop: int, patch_crop: int, base: 
         common.append(f"train.lr={lr}")
     if method == "full3d":
         return REPO / "configs" / "pet_full3d.yaml", common + [
-            f"data.crop_size={crop}", f"model.backbone.channels=[{base},{2 * base},{2 * base}]"]
+            f"data.crop_size={crop}", f"model.backbone.channels=[{base},{2 * base},{2 * base}]",
+            f"model.backbone.num_head_channels={base}"]  # 2 heads in the bottleneck attention, as at base 32
     if method == "patch":
         return REPO / "configs" / "pet_patch.yaml", common + [
             f"data.crop_size={patch_crop}", f"model.backbone.base_channels={base}"]
@@ -152,6 +157,16 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------- train / eval
+def _mask(case, box) -> np.ndarray | None:
+    """The case's brain mask (manifest ``label`` > 0) inside ``box``, or None without labels."""
+    from voxdiff.io import load_volume
+
+    if "label" not in case.paths:
+        return None
+    m = load_volume(case.paths["label"], role="label").array[box] > 0
+    return m if m.any() else None
+
+
 def train_method(method: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Train ``method`` (or reuse a finished run) and return its checkpoint and a summary."""
     from voxdiff.train.checkpoint import load_checkpoint
@@ -178,33 +193,59 @@ def train_method(method: str, args: argparse.Namespace) -> tuple[Path, dict[str,
                        "params": sum(p.numel() for p in trainer.task.parameters())}
 
 
-def predict_case(task, ckpt: dict, source_vol, steps: int, eta: float | None, seed: int) -> tuple[np.ndarray, float]:
-    """The prediction of one whole volume in full-count units and the seconds it took."""
+def centre_box(shape: Sequence[int], size: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    """Corner and slices of a box of ``size`` centred in ``shape`` (the whole volume when None)."""
+    if size is None:
+        return (0, 0, 0), tuple(slice(0, int(s)) for s in shape)
+    if any(int(c) > int(s) for c, s in zip(size, shape)):
+        raise ValueError(f"evaluation crop {tuple(size)} is larger than the volume {tuple(shape)}")
+    start = tuple((int(s) - int(c)) // 2 for s, c in zip(shape, size))
+    return start, tuple(slice(a, a + int(c)) for a, c in zip(start, size))
+
+
+def predict_case(task, ckpt: dict, source_vol, steps: int, eta: float | None, seed: int,
+                 crop: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """The prediction (full-count units) of a held-out volume, or of its centred ``crop``, and its seconds.
+
+    The source is normalised on the whole volume either way; for a crop, coordinate channels
+    (patch baseline) give the crop's true place in the volume.
+    """
     import torch
 
     from voxdiff.models import inference_normalizers
+    from voxdiff.tasks.conditional import coordinate_channels
     from voxdiff.tasks.inference import predict_volume
 
     norms = inference_normalizers(ckpt, {"source": source_vol}, "target")
-    x = torch.as_tensor(np.asarray(norms["source"].forward(source_vol.array), dtype=np.float32))[None, None]
+    full = np.asarray(norms["source"].forward(source_vol.array), dtype=np.float32)
+    start, box = centre_box(full.shape, crop)
+    x = torch.from_numpy(np.ascontiguousarray(full[box]))[None, None]
+    inputs = {"source": x}
+    if crop is not None and getattr(task, "coords", False):
+        if any(int(c) % task.required_multiple for c in crop):
+            raise ValueError(f"--eval-crop must be a multiple of {task.required_multiple} for exact coordinates")
+        inputs["coords"] = coordinate_channels((1, 1, *x.shape[2:]), torch.tensor([start], dtype=torch.float32),
+                                               torch.tensor([full.shape], dtype=torch.float32), "cpu")
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     inf = ckpt["config"]["inference"]
-    out = predict_volume(task, {"source": x}, steps=steps, eta=eta, generator=g, pad_value=float(x.min()),
+    out = predict_volume(task, inputs, steps=steps, eta=eta, generator=g, pad_value=float(full.min()),
                          max_voxels=int(inf["max_voxels"]))
     secs = time.time() - t0
     pred = np.asarray(norms["target"].inverse(out["output"][0, 0].float().numpy()), dtype=np.float32)
     return pred, secs
 
 
-def score(pred: np.ndarray, target: np.ndarray, multiple: int) -> dict[str, float]:
-    """Image metrics (docs/metrics.md conventions) and aligned seam metrics of one prediction."""
+def score(pred: np.ndarray, target: np.ndarray, multiple: int, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Image metrics (docs/metrics.md conventions, inside ``mask``) and aligned seam metrics."""
     from voxdiff.metrics import image_metrics
 
-    m = image_metrics(pred, target)
+    m = image_metrics(pred, target, mask=mask)
+    whole = image_metrics(pred, target) if mask is not None else m
     pads = seam_pads(pred.shape, multiple)
     return {"psnr": m["psnr"], "ssim": m["ssim"], "mae": m["mae"], "nmse": m["nmse"],
-            "data_range": m["data_range"], "seam2": aligned_seam(pred, 2, pads), "seam4": aligned_seam(pred, 4, pads)}
+            "data_range": m["data_range"], "psnr_whole": whole["psnr"], "ssim_whole": whole["ssim"],
+            "seam2": aligned_seam(pred, 2, pads), "seam4": aligned_seam(pred, 4, pads)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ddpm-cases", type=int, default=1, help="cases sampled with full3d DDPM-1000 (0 skips)")
     ap.add_argument("--ddim-steps", type=int, default=50)
     ap.add_argument("--ppdm-steps", type=int, default=5)
+    ap.add_argument("--eval-crop", default=None, help="X,Y,Z: score the centred box of each held-out volume "
+                    "instead of the whole volume (for CPU budgets; multiples of 16)")
+    ap.add_argument("--no-mask", action="store_true", help="score whole boxes, not the manifest's label > 0 (brain)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "quality_pet")
@@ -259,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         ckpts[m], train_info[m] = train_method(m, args)
 
-    cases = {c.id: c for c in load_manifest(args.manifest, roles=["source", "target"])}
+    eval_crop = None
+    if args.eval_crop:
+        eval_crop = [int(v) for v in args.eval_crop.split(",")]
+        eval_crop = eval_crop * 3 if len(eval_crop) == 1 else eval_crop
+    cases = {c.id: c for c in load_manifest(args.manifest)}
     split_val = None
     per_case: list[dict[str, Any]] = []
     rows = eval_rows(methods, ddim_steps=args.ddim_steps, ppdm_steps=args.ppdm_steps, ddpm_cases=args.ddpm_cases)
@@ -281,25 +329,29 @@ def main(argv: list[str] | None = None) -> int:
     for i, cid in enumerate(eval_ids):
         src = load_volume(cases[cid].path("source"), role="source")
         tgt = load_volume(cases[cid].path("target"), role="target")
+        _, box = centre_box(tgt.shape, eval_crop)
+        target = tgt.array[box]
+        mask = _mask(cases[cid], box) if not args.no_mask else None
         for row in rows:
             if row["max_cases"] is not None and i >= row["max_cases"]:
                 continue
             if row["method"] is None:
-                pred, secs, mult = src.array.astype(np.float32), 0.0, 1
+                pred, secs, mult = src.array[box].astype(np.float32), 0.0, 1
             else:
                 task, ckpt = loaded[row["method"]]
-                pred, secs = predict_case(task, ckpt, src, row["steps"], row["eta"], args.seed)
+                pred, secs = predict_case(task, ckpt, src, row["steps"], row["eta"], args.seed, eval_crop)
                 mult = task.required_multiple
             rec = {"row": row["row"], "method": row["method"], "case": cid, "steps": row["steps"],
-                   "seconds": secs, **score(pred, tgt.array, mult)}
+                   "seconds": secs, **score(pred, target, mult, mask)}
             per_case.append(rec)
             print(f"  {cid} {row['row']}: PSNR {rec['psnr']:.2f} SSIM {rec['ssim']:.4f} MAE {rec['mae']:.4g} "
                   f"({secs:.1f} s)", flush=True)
     # The reference's own seam values tell what "no artefact" looks like on this data.
     for cid in eval_ids:
         tgt = load_volume(cases[cid].path("target"), role="target")
+        _, box = centre_box(tgt.shape, eval_crop)
         per_case.append({"row": "target (reference)", "method": None, "case": cid, "steps": 0, "seconds": 0.0,
-                         **score(tgt.array, tgt.array + 0.0, 1)})
+                         **score(tgt.array[box], tgt.array[box] + 0.0, 1)})
     summary = summarize_rows(per_case)
     table = markdown_table(summary)
     if args.ddpm_cases > 0 and "full3d" in methods:
@@ -316,8 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                "eval_cases": eval_ids, "training": train_info, "summary": summary, "per_case": per_case,
                "wall_s": wall}
     atomic_write_text(args.out_dir / "results.json", json.dumps(payload, indent=2, default=float) + "\n")
+    where = f"the centred {'x'.join(map(str, eval_crop))} box of" if eval_crop else "whole"
+    inside = "whole box" if args.no_mask else "inside the brain mask (label > 0)"
     md = [f"# PET denoising quality ({args.steps} training steps per method)", "",
-          f"Held-out cases: {', '.join(eval_ids)}; metrics in full-count units (docs/metrics.md).", "", table]
+          f"Held-out cases ({where} volumes): {', '.join(eval_ids)}; PSNR/SSIM/MAE in full-count units "
+          f"(docs/metrics.md), {inside}; data range = target max - min there.", "", table]
     if table_sub:
         md += ["", f"Same metrics on the DDPM-1000 subset ({', '.join(sub)}):", "", table_sub]
     atomic_write_text(args.out_dir / "results.md", "\n".join(md) + "\n")

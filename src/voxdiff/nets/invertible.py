@@ -28,17 +28,19 @@ from voxdiff.errors import VoxdiffError
 from voxdiff.nets.embeddings import TimestepEmbedding, sinusoidal_embedding
 from voxdiff.nets.invertible_autograd import InvertibleSequential, inverse_chain, run_chain
 from voxdiff.nets.invertible_blocks import (AdditiveCoupling, AffineCoupling, ChannelMerge, ChannelSplit,
-                                            InvertibleAttention, InvertibleDownsample, InvertibleModule,
-                                            InvertibleOp, InvertibleUpsample, haar_matrix_3d)
+                                            CouplingNet, InvertibleAttention, InvertibleDownsample,
+                                            InvertibleModule, InvertibleOp, InvertibleUpsample, OneSidedCoupling,
+                                            haar_matrix_3d)
 from voxdiff.nets.memory import saved_activation_bytes
 from voxdiff.nets.unet import group_count
 
 COUPLINGS = ("additive", "affine")
 
 __all__ = [
-    "AdditiveCoupling", "AffineCoupling", "ChannelMerge", "ChannelSplit", "InvertibleAttention",
+    "AdditiveCoupling", "AffineCoupling", "ChannelMerge", "ChannelSplit", "CouplingNet", "InvertibleAttention",
     "InvertibleDownsample", "InvertibleModule", "InvertibleOp", "InvertibleSequential", "InvertibleUNet",
-    "InvertibleUpsample", "haar_matrix_3d", "inverse_chain", "run_chain", "saved_activation_bytes",
+    "InvertibleUpsample", "OneSidedCoupling", "haar_matrix_3d", "inverse_chain", "run_chain",
+    "saved_activation_bytes",
 ]
 
 

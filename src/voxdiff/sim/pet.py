@@ -24,6 +24,9 @@ Label schemes: ``muse`` (IXI DLMUSE parcellations; region classes are found by n
 ``muse_single_labels.csv`` and by the composite regions of ``muse_derived_mapping.csv``:
 601 GM, 604 WM, 600 cortical CSF, 509 ventricles, 701 total brain, 702 ICV) and ``brainweb``
 (tissue classes 0-9 of the BrainWeb phantom, which already include the head's tissues).
+Tissue-probability maps (e.g. the MNI152 GM/WM templates that ship with nilearn) go through
+:func:`simulate_tissue_pet`: partial-volume mixing of the same GM/WM/CSF/head uptakes, then the
+same PSF, count scale and noise.
 
 The IXI label maps cover only the intracranial volume. The head around it comes from a head
 mask: one derived from the subject's T1 (:func:`head_mask_from_image`, used by the CLI when the
@@ -54,6 +57,9 @@ __all__ = [
     "PetPair",
     "simulate_pet",
     "activity_map",
+    "TISSUE_UPTAKE",
+    "tissue_activity_map",
+    "simulate_tissue_pet",
     "muse_region_classes",
     "load_muse_tables",
     "find_muse_tables",
@@ -98,6 +104,14 @@ BRAINWEB_UPTAKE: dict[int, float] = {
     9: 0.15,   # connective tissue
 }
 _BRAINWEB_BRAIN = (1, 2, 3, 8)
+
+#: Relative uptake of tissue-probability classes (a template's GM/WM/CSF maps), as :data:`MUSE_UPTAKE`.
+TISSUE_UPTAKE: dict[str, float] = {
+    "gm": MUSE_UPTAKE["cortical_gm"],
+    "wm": MUSE_UPTAKE["wm"],
+    "csf": MUSE_UPTAKE["csf"],
+    "head": MUSE_UPTAKE["head"],
+}
 
 # First matching name fragment wins; the rest is classified by the composite regions.
 _NAME_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -315,6 +329,112 @@ def activity_map(
     return activity.astype(np.float32), brain, info
 
 
+def tissue_activity_map(
+    gm: np.ndarray,
+    wm: np.ndarray,
+    csf: np.ndarray | None = None,
+    *,
+    brain_mask: np.ndarray | None = None,
+    head_mask: np.ndarray | None = None,
+    region_sd: float = 0.0,
+    rng: np.random.Generator | None = None,
+    uptake: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Relative activity (WM = 1) from tissue-probability maps, e.g. a template's GM and WM.
+
+    Each brain voxel mixes the uptakes of :data:`TISSUE_UPTAKE` by its probabilities
+    (partial volume, no labels needed); ``csf`` defaults to ``1 - gm - wm`` clipped to [0, 1]
+    inside the brain. ``brain_mask`` defaults to ``gm + wm >= 0.5`` with holes filled (the
+    ventricles). Voxels of ``head_mask`` outside the brain get the head uptake. With
+    ``region_sd > 0`` each class's uptake is multiplied by a seeded mean-one lognormal factor,
+    as :func:`activity_map` does per region. Returns ``(activity, brain_mask, info)``.
+    """
+    gm = np.clip(np.asarray(gm, dtype=np.float32), 0.0, 1.0)
+    wm = np.clip(np.asarray(wm, dtype=np.float32), 0.0, 1.0)
+    if gm.shape != wm.shape:
+        raise VoxdiffError(f"grey-matter map shape {gm.shape} differs from the white-matter map's {wm.shape}")
+    bad = [k for k in (uptake or {}) if k not in TISSUE_UPTAKE]
+    if bad:
+        raise VoxdiffError(f"unknown tissue uptake class(es) {bad} (known: {', '.join(TISSUE_UPTAKE)})")
+    table = {**TISSUE_UPTAKE, **(uptake or {})}
+    brain = (np.asarray(brain_mask, dtype=bool) if brain_mask is not None
+             else ndi.binary_fill_holes(gm + wm >= 0.5))
+    for name, arr in (("brain mask", brain), ("head mask", head_mask), ("CSF map", csf)):
+        if arr is not None and np.shape(arr) != gm.shape:
+            raise VoxdiffError(f"{name} shape {np.shape(arr)} differs from the tissue maps' {gm.shape}")
+    if not brain.any():
+        raise VoxdiffError("the tissue maps have no brain voxel: nothing to simulate")
+    csf = (np.clip(1.0 - gm - wm, 0.0, 1.0) if csf is None
+           else np.clip(np.asarray(csf, dtype=np.float32), 0.0, 1.0))
+    rng = rng if rng is not None else np.random.default_rng(0)
+    factors = _lognormal_factors(list(table), region_sd, rng)
+    up = {k: table[k] * factors[k] for k in table}
+    activity = np.where(brain, up["gm"] * gm + up["wm"] * wm + up["csf"] * csf, 0.0).astype(np.float32)
+    if head_mask is not None:
+        activity[np.asarray(head_mask, dtype=bool) & ~brain] = up["head"]
+    info = {"scheme": "tissue", "region_sd": region_sd,
+            "regions": {k: {"uptake": table[k], "factor": round(factors[k], 5)} for k in table},
+            "head_uptake": up["head"] if head_mask is not None else 0.0}
+    return activity, brain, info
+
+
+def simulate_tissue_pet(
+    gm: Volume,
+    wm: Volume,
+    csf: Volume | None = None,
+    *,
+    brain_mask: np.ndarray | None = None,
+    head_mask: np.ndarray | None = None,
+    head_margin_mm: float = 10.0,
+    fwhm_mm: float = 5.0,
+    dose_fraction: float = 0.05,
+    counts: float | None = None,
+    mean_brain_counts: float = DEFAULT_MEAN_BRAIN_COUNTS,
+    seed: int | Sequence[int] = 0,
+    region_sd: float = 0.0,
+    uptake: Mapping[str, float] | None = None,
+) -> PetPair:
+    """:func:`simulate_pet` on tissue-probability maps (e.g. the MNI152 GM/WM templates).
+
+    The activity comes from :func:`tissue_activity_map`; PSF, count scale, Poisson noise and
+    binomial thinning are :func:`simulate_pet`'s own code, so with the same ``fwhm_mm``,
+    ``dose_fraction`` and ``mean_brain_counts`` the noise level matches label-based data.
+    Without ``head_mask`` the brain dilated by ``head_margin_mm`` stands in for skull and scalp
+    (0 = zero activity outside the brain). Volumes are returned in ``gm``'s geometry.
+    """
+    _check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
+    check_same_geometry(gm, wm, what="white-matter map")
+    if csf is not None:
+        check_same_geometry(gm, csf, what="CSF map")
+    region_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
+    brain = (np.asarray(brain_mask, dtype=bool) if brain_mask is not None
+             else ndi.binary_fill_holes(np.clip(gm.array, 0, 1) + np.clip(wm.array, 0, 1) >= 0.5))
+    head_source = "given" if head_mask is not None else "none"
+    if head_mask is None and head_margin_mm > 0:
+        head_mask = head_mask_from_labels(brain.astype(np.int64), gm.spacing, head_margin_mm)
+        head_source = f"brain dilated by {head_margin_mm:g} mm"
+    activity, brain, info = tissue_activity_map(gm.array, wm.array, None if csf is None else csf.array,
+                                                brain_mask=brain, head_mask=head_mask, region_sd=region_sd,
+                                                rng=np.random.default_rng(region_seq), uptake=uptake)
+    pair = _counts_and_noise(activity, brain, None if head_mask is None else np.asarray(head_mask, dtype=bool), gm,
+                             fwhm_mm=fwhm_mm, dose_fraction=dose_fraction, counts=counts,
+                             mean_brain_counts=mean_brain_counts, rng=np.random.default_rng(noise_seq))
+    params = {**pair.params, "scheme": "tissue",
+              "seed": list(seed) if isinstance(seed, (list, tuple)) else int(seed), "head_mask": head_source, **info}
+    return pair._replace(params=_ordered(params))
+
+
+def _check_settings(fwhm_mm: float, dose_fraction: float, counts: float | None, mean_brain_counts: float) -> None:
+    if not 0.0 < dose_fraction <= 1.0:
+        raise VoxdiffError(f"dose fraction must be in (0, 1], got {dose_fraction}")
+    if not fwhm_mm >= 0:
+        raise VoxdiffError(f"PSF FWHM must be >= 0 mm, got {fwhm_mm}")
+    if counts is not None and not counts > 0:
+        raise VoxdiffError(f"total counts must be > 0, got {counts}")
+    if not mean_brain_counts > 0:
+        raise VoxdiffError(f"mean counts per brain voxel must be > 0, got {mean_brain_counts}")
+
+
 def _float_volume(like: Volume, array: np.ndarray) -> Volume:
     vol = like.with_array(np.asarray(array, dtype=np.float32))
     vol.disk_dtype = np.dtype(np.float32)
@@ -362,14 +482,7 @@ def simulate_pet(
     """
     if scheme not in SCHEMES:
         raise VoxdiffError(f"unknown PET simulation scheme '{scheme}' (use {' or '.join(SCHEMES)})")
-    if not 0.0 < dose_fraction <= 1.0:
-        raise VoxdiffError(f"dose fraction must be in (0, 1], got {dose_fraction}")
-    if not fwhm_mm >= 0:
-        raise VoxdiffError(f"PSF FWHM must be >= 0 mm, got {fwhm_mm}")
-    if counts is not None and not counts > 0:
-        raise VoxdiffError(f"total counts must be > 0, got {counts}")
-    if not mean_brain_counts > 0:
-        raise VoxdiffError(f"mean counts per brain voxel must be > 0, got {mean_brain_counts}")
+    _check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
     labels = _integer_labels(label_volume)
     if scheme == "muse" and tables_dir is None:
         tables_dir = find_muse_tables(label_volume.path)
@@ -392,30 +505,53 @@ def simulate_pet(
     activity, brain, info = activity_map(labels, scheme=scheme, head_mask=mask, region_sd=region_sd,
                                          rng=np.random.default_rng(region_seq), tables_dir=tables_dir,
                                          uptake=uptake)
-    spacing = np.asarray(label_volume.spacing, dtype=np.float64)
+    pair = _counts_and_noise(activity, brain, mask, label_volume, fwhm_mm=fwhm_mm, dose_fraction=dose_fraction,
+                             counts=counts, mean_brain_counts=mean_brain_counts,
+                             rng=np.random.default_rng(noise_seq))
+    params: dict[str, Any] = {
+        "scheme": scheme,
+        **pair.params,
+        "seed": list(seed) if isinstance(seed, (list, tuple)) else int(seed),
+        "head_mask": head_source,
+        **info,
+    }
+    return pair._replace(params=_ordered(params))
+
+
+def _ordered(params: dict[str, Any]) -> dict[str, Any]:
+    """Settings first, then counts, then noise and PSNR: the order the JSON files have always had."""
+    order = ("scheme", "fwhm_mm", "psf_sigma_voxels", "spacing_mm", "dose_fraction", "seed", "counts_total_expected",
+             "counts_total_full", "counts_total_low", "mean_brain_counts", "counts_scale", "brain_voxels",
+             "head_voxels", "head_mask", "units", "noise_model", "psnr_low_vs_full_db", "psnr_data_range",
+             "psnr_region")
+    return {**{k: params[k] for k in order if k in params}, **{k: v for k, v in params.items() if k not in order}}
+
+
+def _counts_and_noise(activity: np.ndarray, brain: np.ndarray, head_mask: np.ndarray | None, like: Volume, *,
+                      fwhm_mm: float, dose_fraction: float, counts: float | None, mean_brain_counts: float,
+                      rng: np.random.Generator) -> PetPair:
+    """Steps 2-4 of the module doc (PSF, count scale, Poisson + thinning) on a relative activity map."""
+    spacing = np.asarray(like.spacing, dtype=np.float64)
     sigma_vox = (fwhm_mm * FWHM_TO_SIGMA / spacing) if fwhm_mm > 0 else np.zeros(3)
     # Zero activity outside the field of view: the head fits inside it.
     blurred = ndi.gaussian_filter(activity, sigma=sigma_vox, mode="constant", cval=0.0) if fwhm_mm > 0 else activity
     blurred = np.maximum(blurred, 0.0)
     scale = counts / float(blurred.sum()) if counts is not None else mean_brain_counts / float(blurred[brain].mean())
     expected = blurred.astype(np.float64) * scale
-    rng = np.random.default_rng(noise_seq)
     full = rng.poisson(expected)
     low = rng.binomial(full, dose_fraction) / dose_fraction
     head = activity > 0
-    if mask is not None:
-        head |= mask
+    if head_mask is not None:
+        head |= head_mask
     from voxdiff.metrics import psnr
 
     data_range = float(full[head].max())
     value = psnr(low.astype(np.float32), full.astype(np.float32), data_range, head) if data_range > 0 else float("nan")
     params: dict[str, Any] = {
-        "scheme": scheme,
         "fwhm_mm": float(fwhm_mm),
         "psf_sigma_voxels": [round(float(s), 5) for s in sigma_vox],
         "spacing_mm": [float(s) for s in spacing],
         "dose_fraction": float(dose_fraction),
-        "seed": list(seed) if isinstance(seed, (list, tuple)) else int(seed),
         "counts_total_expected": float(expected.sum()),
         "counts_total_full": int(full.sum()),
         "counts_total_low": int(round(float(low.sum()) * dose_fraction)),
@@ -423,17 +559,15 @@ def simulate_pet(
         "counts_scale": float(scale),
         "brain_voxels": int(brain.sum()),
         "head_voxels": int(head.sum()),
-        "head_mask": head_source,
         "units": "full-dose counts per voxel (low-dose counts divided by dose_fraction)",
         "noise_model": "full ~ Poisson(expected); low = Binomial(full, dose_fraction) / dose_fraction; no post-smoothing",
         "psnr_low_vs_full_db": round(value, 4),
         "psnr_data_range": data_range,
         "psnr_region": "head (non-zero activity or head mask)",
-        **info,
     }
     return PetPair(
-        full=_float_volume(label_volume, full),
-        low=_float_volume(label_volume, low),
-        activity=_float_volume(label_volume, activity * scale),
+        full=_float_volume(like, full),
+        low=_float_volume(like, low),
+        activity=_float_volume(like, activity * scale),
         params=params,
     )
