@@ -152,7 +152,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
             c = _cell(s[k], s[f"{k}_std"], spec)
             cells.append(f"**{c}**" if k in best and s[k] == best[k] and not _is_reference(s["row"]) else c)
         cells += [_cell(s["seam2"], None, ".3f"), _cell(s["seam4"], None, ".3f")]
-        lines.append(f"| {s['row']} | {s['n']} | " + " | ".join(cells) + f" | {s['seconds_per_volume']:.1f} |")
+        lines.append(f"| {s['row']} | {s['n']} | " + " | ".join(cells) + f" | {s['seconds_per_volume']:.3g} |")
     return "\n".join(lines)
 
 
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                          **score(tgt.array[box], tgt.array[box] + 0.0, 1)})
     summary = summarize_rows(per_case)
     table = markdown_table(summary)
-    if args.ddpm_cases > 0 and "full3d" in methods:
+    if 0 < args.ddpm_cases < len(eval_ids) and "full3d" in methods:
         sub = eval_ids[: args.ddpm_cases]
         table_sub = markdown_table(summarize_rows([r for r in per_case if r["case"] in sub
                                                    and r["row"] != "target (reference)"]))

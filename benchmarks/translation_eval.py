@@ -3,7 +3,8 @@
 For every validation case of the checkpoint's own split (or ``--cases``), run ``voxdiff
 translate``'s code path on the source file, then score output and source against the target in
 the target's units (voxdiff.metrics convention: per volume, data range = target max - min inside
-the mask). The mask is the manifest's ``label`` role > 0 when present (brain), else target != 0.
+the mask). The mask is the manifest's ``label`` role > 0 when present (brain), else target != 0. The
+identity baseline is the source mapped into the target's units by the model's normalisers.
 Also reports the seam metric of the output at the model's puzzle factor and the time per volume.
 
 Example:
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     from voxdiff.io import load_volume
     from voxdiff.losses import seam_metric
     from voxdiff.metrics import image_metrics
+    from voxdiff.models import inference_normalizers
     from voxdiff.train.checkpoint import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
         src, tgt, pred = load_volume(src_path), load_volume(tgt_path), load_volume(pred_path)
         mask = (load_volume(case.paths[args.mask_col]).array > 0) if args.mask_col in case.paths else tgt.array != 0
         row = {"case": cid, "seconds": seconds}
-        for name, vol in (("input", src.array), ("ppdm", pred.array)):
+        # Identity baseline in the target's units: the source mapped through the model's own
+        # normalisers (what a residual of zero would give); equals the source when they share units.
+        norms = inference_normalizers(ckpt, {"source": src}, "target")
+        identity = np.asarray(norms["target"].inverse(norms["source"].forward(src.array)), dtype=np.float32)
+        for name, vol in (("input", identity), ("ppdm", pred.array)):
             m = image_metrics(vol, tgt.array, mask=mask)
             row.update({f"{name}_{k}": float(m[k]) for k in ("psnr", "ssim", "mae", "nmse")})
         row["ppdm_seam"] = float(seam_metric(pred.array, factor)) if factor != 1 else float("nan")
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     mean, std = summary["mean"], summary["std"]
     md = ["| method | PSNR (dB) | SSIM | MAE | NMSE |", "|---|---|---|---|---|"]
-    for name, label in (("input", "low-count input (identity)"), ("ppdm", f"PPDM ({summary['steps']} steps)")):
+    for name, label in (("input", "identity (source in target units)"), ("ppdm", f"PPDM ({summary['steps']} steps)")):
         md.append(f"| {label} | {mean[name + '_psnr']:.2f} ± {std[name + '_psnr']:.2f} | "
                   f"{mean[name + '_ssim']:.4f} ± {std[name + '_ssim']:.4f} | {mean[name + '_mae']:.3f} | "
                   f"{mean[name + '_nmse']:.4f} |")

@@ -19,6 +19,8 @@ _COMMAND_MODULES = [
     "voxdiff.cli.translate",
     "voxdiff.cli.sample",
     "voxdiff.cli.bench",
+    "voxdiff.cli.demo",
+    "voxdiff.cli.export",
 ]
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

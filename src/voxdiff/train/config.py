@@ -30,12 +30,14 @@ DEFAULTS: dict[str, Any] = {
         "val_cases": 2,            # whole volumes validated at each validation
         "foreground_role": None,
         "foreground_fraction": 0.0,
+        "downsample": 1,           # integer block-average factor applied after loading
     },
     "model": {},
     "train": {
         "steps": 1000,
         "batch_size": 1,
         "grad_accum": 1,
+        "optimizer": "adamw",      # adamw | sgd (momentum 0.9)
         "lr": 2e-4,
         "weight_decay": 0.0,
         "betas": [0.9, 0.999],
@@ -141,6 +143,8 @@ def validate_config(cfg: dict) -> None:
     for key in ("steps", "batch_size", "grad_accum"):
         if not isinstance(tr[key], int) or tr[key] < 1:
             raise VoxdiffError(f"config train.{key} must be a positive integer, got {tr[key]!r}")
+    if tr["optimizer"] not in ("adamw", "sgd"):
+        raise VoxdiffError(f"config train.optimizer must be adamw or sgd, got {tr['optimizer']!r}")
     if tr["precision"] not in ("fp32", "bf16", "fp16"):
         raise VoxdiffError(f"config train.precision must be fp32, bf16 or fp16, got {tr['precision']!r}")
     if not 0.0 <= float(tr["ema_decay"]) < 1.0:

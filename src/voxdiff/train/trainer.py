@@ -110,9 +110,13 @@ class Trainer:
 
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.model = DDP(self.task, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=float(tr["lr"]),
-                                           weight_decay=float(tr["weight_decay"]),
-                                           betas=tuple(float(b) for b in tr["betas"]))
+        if tr["optimizer"] == "sgd":
+            self.optimizer = torch.optim.SGD(self.task.parameters(), lr=float(tr["lr"]), momentum=0.9,
+                                             weight_decay=float(tr["weight_decay"]))
+        else:
+            self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=float(tr["lr"]),
+                                               weight_decay=float(tr["weight_decay"]),
+                                               betas=tuple(float(b) for b in tr["betas"]))
         self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=tr["precision"] == "fp16")
         self.ema = EMA(self.task, float(tr["ema_decay"]))
         self.step = 0
@@ -143,7 +147,7 @@ class Trainer:
         norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
         self.dataset_norm = fit_dataset_normalizers(split["train"], norm, label_roles=task.label_roles)
         common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
-                      seed=self.seed, dataset_normalizers=self.dataset_norm)
+                      seed=self.seed, dataset_normalizers=self.dataset_norm, downsample=int(dc["downsample"]))
         self.train_set = VolumeDataset(split["train"], crop_size=dc["crop_size"],
                                        pad_multiple=task.required_multiple,
                                        samples_per_volume=int(dc["samples_per_volume"]),
@@ -156,9 +160,11 @@ class Trainer:
         # Geometry of the first training case: where unconditional samples are written.
         from voxdiff.io import load_volume
 
+        from voxdiff.ops.resample import downsample_geometry
+
         ref = load_volume(split["train"][0].paths[task.output_role], role=task.output_role)
-        self.reference_geometry = {"shape": list(ref.shape), "affine": ref.affine.tolist(),
-                                   "case": split["train"][0].id}
+        shape, affine = downsample_geometry(ref.shape, ref.affine, int(dc["downsample"]))
+        self.reference_geometry = {"shape": list(shape), "affine": affine.tolist(), "case": split["train"][0].id}
 
     def _batch(self, micro: int) -> tuple[dict[str, torch.Tensor], list[torch.Generator]]:
         tr = self.cfg["train"]
@@ -326,7 +332,8 @@ class Trainer:
                 batch = _stack([item], self.task.roles, self.info.device)
                 inputs = {r: batch[r] for r in self.task.input_roles}
                 g = torch.Generator().manual_seed(self.seed)
-                pred = self.task.predict(inputs, steps=int(inf["steps"]), generator=g, eta=inf.get("eta"))
+                pred = self.task.predict(inputs, steps=int(inf["steps"]), generator=g, eta=inf.get("eta"),
+                                         shape=tuple(batch[self.task.output_role].shape))
                 for k, v in self.task.validation_metrics(pred, batch).items():
                     metrics.setdefault(k, []).append(v)
                 if i == 0:
@@ -335,10 +342,13 @@ class Trainer:
                     panels[self.task.output_role] = batch[self.task.output_role][0, 0].cpu().numpy()
                     err = np.abs(panels["output"] - panels[self.task.output_role])
                     panels["|error|"] = err
+                    # Inputs keep their own grey window; output and reference share the reference's.
+                    ref = panels[self.task.output_role]
+                    ranges = {r: tuple(np.percentile(panels[r], [1, 99.5])) for r in self.task.input_roles}
+                    ranges.update({k: tuple(np.percentile(ref, [1, 99.5])) for k in ("output", self.task.output_role)})
+                    ranges["|error|"] = (0.0, max(float(np.percentile(err, 99.5)), 1e-6))
                     montage(panels, self.out_dir / f"val_step{self.step:07d}.png",
-                            title=f"{item['case']} step {self.step}",
-                            ranges={"|error|": (0.0, max(float(np.percentile(err, 99.5)), 1e-6))},
-                            cmaps={"|error|": "magma"})
+                            title=f"{item['case']} step {self.step}", ranges=ranges, cmaps={"|error|": "magma"})
         finally:
             self.task.load_state_dict(backup)
         mean = {k: float(np.mean(v)) for k, v in metrics.items()}

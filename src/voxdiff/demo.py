@@ -1,0 +1,292 @@
+"""The first five minutes: denoise a simulated 5 %-dose brain PET with the shipped PPDM, offline.
+
+No data download and no ``../shared``: the MNI152 2009 template (T1-derived brain mask, grey-
+and white-matter probability maps) ships inside the nilearn wheel. An FDG-like activity is
+built from the tissue maps (:func:`voxdiff.sim.pet.simulate_tissue_pet`: GM 4x WM, CSF ~0,
+low uptake in a 10 mm shell standing in for skull and scalp), and a full-count and a 5 %
+low-count image are simulated with the training data's own settings (5 mm PSF, mean 200
+full-dose counts per brain voxel, Poisson noise, binomial thinning). The low-count image is
+written to disk and denoised by ``pretrained:pet-denoise`` through
+:func:`voxdiff.cli.translate.translate_volume`, the code path of ``voxdiff translate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+
+from voxdiff.errors import VoxdiffError
+from voxdiff.io import Volume
+
+__all__ = ["DEMO_MODEL", "DEMO_SIMULATION", "DEMO_FILES", "DEMO_TASKS", "MniTemplate", "load_mni_template",
+           "simulate_demo_pet", "run_demo"]
+
+DEMO_MODEL = "pretrained:pet-denoise"
+#: The simulation settings of the model's training data (``voxdiff simulate-pet-dataset`` defaults).
+DEMO_SIMULATION: dict[str, float] = {"fwhm_mm": 5.0, "dose_fraction": 0.05, "mean_brain_counts": 200.0,
+                                     "head_margin_mm": 10.0}
+DEMO_FILES = ("low.nii.gz", "ppdm.nii.gz", "full.nii.gz", "uncertainty.nii.gz", "brain_mask.nii.gz",
+              "montage.png", "metrics.csv", "metrics.json")
+#: Demo tasks and the pretrained model each needs (None: not shipped yet).
+DEMO_TASKS: dict[str, str | None] = {"translate": "pet-denoise", "segment": None, "synthesize": None}
+# Voxels kept around the head shell: the PSF (sigma ~1 voxel at 5 mm / 2 mm) spreads activity ~3 voxels.
+_PSF_MARGIN_VOXELS = 4
+
+
+class MniTemplate(NamedTuple):
+    """MNI152 maps at 2 mm in one geometry: GM and WM probabilities and the brain mask."""
+
+    gm: Volume
+    wm: Volume
+    brain: np.ndarray
+
+
+def _crop(vol: Volume, box: tuple[slice, ...]) -> Volume:
+    """A sub-volume whose affine keeps every voxel at the same world position."""
+    affine = vol.affine.copy()
+    start = np.array([s.start for s in box], dtype=np.float64)
+    affine[:3, 3] = vol.affine[:3, :3] @ start + vol.affine[:3, 3]
+    return Volume(array=np.ascontiguousarray(vol.array[box]), affine=affine)
+
+
+def _box(mask: np.ndarray, margin: int, side: int | None) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` plus ``margin`` voxels, or a cube of ``side`` voxels at its centre."""
+    hit = np.argwhere(mask)
+    lo, hi = hit.min(axis=0), hit.max(axis=0) + 1
+    if side is None:
+        return tuple(slice(max(int(a) - margin, 0), min(int(b) + margin, n)) for a, b, n in zip(lo, hi, mask.shape))
+    centre = (lo + hi) // 2
+    starts = [int(np.clip(c - side // 2, 0, max(n - side, 0))) for c, n in zip(centre, mask.shape)]
+    return tuple(slice(s, min(s + side, n)) for s, n in zip(starts, mask.shape))
+
+
+def load_mni_template(*, crop: int | None = None) -> MniTemplate:
+    """The MNI152 GM/WM/brain-mask templates of the installed nilearn (2 mm), cropped to the head.
+
+    These files are inside the nilearn package, so nothing is downloaded. The volumes are
+    cropped to the brain's bounding box plus the head shell and the PSF's reach (the same image
+    as the full template, less empty background), or with ``crop=N`` to an N^3 cube at the
+    brain's centre (a quick test size).
+    """
+    import nibabel as nib
+    from nilearn import datasets
+
+    try:
+        images = {name: getattr(datasets, f"load_mni152_{name}")(resolution=2)
+                  for name in ("gm_template", "wm_template", "brain_mask")}
+    except Exception as exc:  # a nilearn without the bundled templates
+        raise VoxdiffError(f"the MNI152 templates could not be read from the installed nilearn ({exc})") from exc
+    affine = images["gm_template"].affine
+    for name, img in images.items():
+        if img.shape != images["gm_template"].shape or not np.allclose(img.affine, affine, atol=1e-4):
+            raise VoxdiffError(f"nilearn's MNI152 {name} does not share the grey-matter template's grid")
+    gm = Volume(array=np.asarray(images["gm_template"].dataobj, dtype=np.float32), affine=np.asarray(affine, float))
+    wm = Volume(array=np.asarray(images["wm_template"].dataobj, dtype=np.float32), affine=gm.affine.copy())
+    brain = np.asarray(images["brain_mask"].dataobj) > 0
+    spacing = float(min(nib.affines.voxel_sizes(affine)))
+    margin = int(np.ceil(DEMO_SIMULATION["head_margin_mm"] / spacing)) + _PSF_MARGIN_VOXELS
+    box = _box(brain, margin, crop)
+    return MniTemplate(gm=_crop(gm, box), wm=_crop(wm, box), brain=np.ascontiguousarray(brain[box]))
+
+
+def simulate_demo_pet(template: MniTemplate, *, seed: int = 0):
+    """Full-count and 5 %-count PET on the template (:data:`DEMO_SIMULATION`); a :class:`PetPair`."""
+    from voxdiff.sim.pet import simulate_tissue_pet
+
+    return simulate_tissue_pet(template.gm, template.wm, brain_mask=template.brain, seed=seed, **DEMO_SIMULATION)
+
+
+def _display(vol: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The array reoriented to RAS, then left-right flipped: radiological view (patient right on the left)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    ras = nib.orientations.apply_orientation(vol, ornt)
+    return np.ascontiguousarray(ras[::-1])
+
+
+def _write_montage(path: Path, vols: dict[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
+                   title: str) -> Path:
+    """Three orthogonal slices of input, output, reference, error and uncertainty, grey levels shared."""
+    from voxdiff.plots import montage
+
+    disp = {k: _display(v, affine) for k, v in vols.items()}
+    mask = _display(brain.astype(np.uint8), affine) > 0
+    hit = np.argwhere(mask)
+    centre = ((hit.min(axis=0) + hit.max(axis=0)) // 2).tolist()
+    # Sagittal slice through a hemisphere (striatum, insula), not the interhemispheric fissure.
+    centre[0] = int(np.clip(centre[0] - round(0.15 * (hit[:, 0].max() - hit[:, 0].min())), 0, mask.shape[0] - 1))
+    err = np.abs(disp["ppdm"] - disp["full"])
+
+    def top(a: np.ndarray) -> float:
+        v = float(np.percentile(a[mask], 99.5))
+        return v if v > 0 else 1.0
+
+    vmax, emax, smax = top(disp["full"]), top(err), top(disp["uncertainty"])
+    # Error and uncertainty differ ~10x: each gets its own scale, written in its title.
+    panels = {"low-count (5 %)": disp["low"], "PPDM": disp["ppdm"], "full-count": disp["full"],
+              f"|PPDM - full| (0-{emax:.0f})": err, f"uncertainty, std (0-{smax:.1f})": disp["uncertainty"]}
+    names = list(panels)
+    ranges = {**{n: (0.0, vmax) for n in names[:3]}, names[3]: (0.0, emax), names[4]: (0.0, smax)}
+    cmaps = {n: "inferno" for n in names[3:]}
+    return montage(panels, path, title=title, ranges=ranges, cmaps=cmaps, center=tuple(centre))
+
+
+@contextlib.contextmanager
+def _stage(console, description: str, show: bool) -> Iterator[None]:
+    """A spinner while a stage runs, then one line with its time."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    start = time.perf_counter()
+    if show and console.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            bar.add_task(description, total=None)
+            yield
+    else:
+        yield
+    if show:
+        console.print(f"[green]✓[/] {description} [dim]{time.perf_counter() - start:.1f} s[/]", highlight=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]], labels: dict[str, str]):
+    from rich.table import Table
+
+    table = Table(title="inside the brain mask, against the full-count image", title_style="")
+    for col in ("image", "PSNR (dB)", "SSIM", "MAE", "NMSE"):
+        table.add_column(col, justify="left" if col == "image" else "right")
+    for key, m in metrics.items():
+        table.add_row(labels[key], f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{m['mae']:.2f}", f"{m['nmse']:.4f}")
+    return table
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    from voxdiff.io import check_writable_dir
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VoxdiffError(f"{out_dir}: --out-dir exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VoxdiffError(f"{out_dir}: could not create the output folder ({exc.strerror or exc})") from exc
+    check_writable_dir(out_dir / DEMO_FILES[0])
+
+
+def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None = None, samples: int = 4,
+             seed: int = 0, crop: int | None = None, model: str = DEMO_MODEL, show_progress: bool = True,
+             console=None) -> dict[str, Any]:
+    """Simulate, denoise, score and picture one brain PET; returns what ``metrics.json`` holds.
+
+    Args:
+        out_dir: folder for :data:`DEMO_FILES` (created if missing).
+        task: ``"translate"``; the other :data:`DEMO_TASKS` have no shipped model yet.
+        steps: sampling steps (default: the model's, 5).
+        samples: stochastic samples, batched; the output is their mean and the uncertainty
+            their voxel-wise standard deviation (1 sample: no uncertainty map, zeros written).
+        seed: seed of the simulation noise and of the sampler.
+        crop: an N^3 cube at the brain's centre instead of the whole head (tests).
+        model: the translation model (a checkpoint path or ``pretrained:NAME``).
+        show_progress: stage lines, progress bars and the metrics table on ``console``.
+    """
+    if task not in DEMO_TASKS:
+        raise VoxdiffError(f"unknown demo task '{task}' (use {', '.join(DEMO_TASKS)})")
+    if DEMO_TASKS[task] is None:
+        raise VoxdiffError(f"no pretrained {task} model ships with voxdiff yet, so there is no '{task}' demo; "
+                           f"'voxdiff demo --task translate' (the default) runs the PET denoising demo")
+    if samples < 1:
+        raise VoxdiffError(f"--samples must be >= 1, got {samples}")
+    if steps is not None and steps < 1:
+        raise VoxdiffError(f"--steps must be >= 1, got {steps}")
+    if crop is not None and crop < 8:
+        raise VoxdiffError(f"the demo crop must be at least 8 voxels, got {crop}")
+    if console is None:
+        from voxdiff.cli.app import console
+    from voxdiff.cli.translate import translate_volume
+    from voxdiff.io import atomic_write_text, load_volume, save_volume
+    from voxdiff.metrics import image_metrics
+    from voxdiff.models import resolve_model_path
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    resolve_model_path(model)  # an unknown model fails before any work
+    paths = {name.replace(".nii.gz", "").replace(".", "_"): out_dir / name for name in DEMO_FILES}
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with _stage(console, "MNI152 template (nilearn, offline)", show_progress):
+        template = load_mni_template(crop=crop)
+    seconds["template"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    with _stage(console, "simulated full-count and 5 %-count PET", show_progress):
+        pet = simulate_demo_pet(template, seed=seed)
+        save_volume(pet.low, paths["low"])
+        save_volume(pet.full, paths["full"])
+        save_volume(template.gm.with_array(template.brain.astype(np.uint8)), paths["brain_mask"], dtype=np.uint8)
+    seconds["simulate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    res = translate_volume(model, paths["low"], paths["ppdm"], steps=steps, samples=samples,
+                           uncertainty=paths["uncertainty"] if samples > 1 else None, seed=seed,
+                           show_progress=show_progress)
+    seconds["denoise"] = time.perf_counter() - t
+    if show_progress:
+        console.print(f"[green]✓[/] denoised with {model} ({_plural(res['steps'], 'step')} x {_plural(samples, 'sample')}) "
+                      f"[dim]{seconds['denoise']:.1f} s[/]", highlight=False)
+    pred = load_volume(paths["ppdm"], role="PPDM output")
+    if samples > 1:
+        std = load_volume(paths["uncertainty"], role="uncertainty").array
+    else:
+        std = np.zeros_like(pred.array)
+        save_volume(pred.with_array(std), paths["uncertainty"])
+
+    t = time.perf_counter()
+    low, full = pet.low.array, pet.full.array
+    metrics = {"input": image_metrics(low, full, mask=template.brain),
+               "ppdm": image_metrics(pred.array, full, mask=template.brain)}
+    labels = {"input": "low-count input (5 %)", "ppdm": f"PPDM ({_plural(res['steps'], 'step')}, {_plural(samples, 'sample')})"}
+    title = (f"voxdiff demo: simulated FDG PET on MNI152, counts per voxel (radiological view: patient right "
+             f"on the left)\nPSNR in brain {metrics['input']['psnr']:.1f} dB (5 % counts) -> {metrics['ppdm']['psnr']:.1f} dB "
+             f"(PPDM), SSIM {metrics['input']['ssim']:.3f} -> {metrics['ppdm']['ssim']:.3f}")
+    _write_montage(paths["montage_png"], {"low": low, "ppdm": pred.array, "full": full, "uncertainty": std},
+                   pred.affine, template.brain, title)
+    seconds["metrics_montage"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+
+    keys = ("psnr", "ssim", "mae", "nmse", "data_range")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", *keys])
+    for name, m in metrics.items():
+        writer.writerow([name, *(f"{m[k]:.6g}" for k in keys)])
+    atomic_write_text(paths["metrics_csv"], buf.getvalue())
+    summary: dict[str, Any] = {
+        "model": model,
+        "steps": res["steps"],
+        "samples": samples,
+        "seed": seed,
+        "metrics": {name: {k: float(m[k]) for k in keys} for name, m in metrics.items()},
+        "metric_convention": "voxdiff.metrics: full-count image as target, brain mask, data range = target max - min there",
+        "shape": list(pred.shape),
+        "spacing_mm": [round(s, 4) for s in pred.spacing],
+        "orientation": pred.orientation,
+        "template": "MNI152 2009 (nilearn package data), 2 mm" + (f", {crop}^3 crop" if crop else ", cropped to the head"),
+        "simulation": {k: v for k, v in pet.params.items() if k != "regions"},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "files": {k: str(p) for k, p in paths.items()},
+    }
+    atomic_write_text(paths["metrics_json"], json.dumps(summary, indent=2) + "\n")
+    if show_progress:
+        console.print(_metrics_table(metrics, labels))
+        console.print(f"wrote {', '.join(DEMO_FILES)} to {out_dir} in {seconds['total']:.1f} s", highlight=False)
+    return summary
