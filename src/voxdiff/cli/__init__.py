@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="voxdiff")
     except VoxdiffError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # One line, whatever the underlying library put in its message.
+        from rich.markup import escape
+
+        message = escape(" ".join(str(exc).split()))  # brackets in paths/messages are not markup
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -28,10 +28,11 @@ def make_labels(
 ) -> None:
     """Merge parcellation regions into classes 0..K and write a training manifest.
 
-    Writes OUT_DIR/labels/<case>.nii.gz (uint8, the parcellation's geometry), OUT_DIR/classes.json
-    and OUT_DIR/manifest.csv (case,image,label) for a segmentation or preseg config.
-    Presets: tissue = 1 CSF (600 + 509), 2 GM (601), 3 WM (604); ventricles = lateral ventricles;
-    hippocampus = left + right hippocampus (hippocampus_lr: 1 left, 2 right).
+    Writes OUT_DIR/labels/<case>.nii.gz (uint8, in the parcellation's geometry).
+    Writes OUT_DIR/manifest.csv (case,image,label) for a segmentation or preseg config, and OUT_DIR/classes.json.
+
+    Presets: tissue = 1 CSF (600 + 509), 2 GM (601), 3 WM (604); ventricles = lateral ventricles.
+    hippocampus = left + right hippocampus; hippocampus_lr = 1 left, 2 right.
 
     Example: [cyan]voxdiff make-labels --labels-dir ../shared/data/ixi-t1-2mm/labels --images-dir ../shared/data/ixi-t1-2mm/t1 --preset tissue --out-dir ../data/seg-tissue[/]
     """

@@ -241,10 +241,10 @@ def segment(
 ) -> None:
     """Segment an image with PD-DDPM, starting the diffusion from a pre-segmentation.
 
-    The pre-segmentation (--preseg FILE, or --preseg-model CKPT) is forward-diffused to t'
-    (--start-step) and denoised in K steps (--steps); N samples (--samples) give the mean
-    probabilities (argmax -> --output) and an uncertainty map (--uncertainty). Network
-    evaluations: K x N. --mode vanilla samples from pure noise instead.
+    The pre-segmentation (--preseg FILE or --preseg-model CKPT) is forward-diffused to t' (--start-step).
+    K reverse steps (--steps) of N batched samples (--samples) cost K x N network evaluations.
+    The mean probabilities give the labels (--output) and an uncertainty map (--uncertainty).
+    --mode vanilla samples from pure noise instead; a preseg --model is run on its own.
 
     Example: [cyan]voxdiff segment -m runs/seg_pdddpm/last.pt --preseg-model runs/seg_preseg/last.pt -i t1.nii.gz -o seg.nii.gz -t 250 -k 5 -n 4 -u unc.nii.gz[/]
 

@@ -71,9 +71,15 @@ def _simulate_one(label_path: Path, *, case: str, scheme: str, fwhm: float, dose
 
     labels = load_volume(label_path, role="labels")
     mask, margin, head_source = _head_mask(head, labels, scheme)
-    result = simulate_pet(labels, scheme=scheme, fwhm_mm=fwhm, dose_fraction=dose, counts=counts,
-                          mean_brain_counts=mean_counts, seed=case_seed(seed, case), head_mask=mask,
-                          head_margin_mm=margin, tables_dir=tables)
+    try:
+        result = simulate_pet(labels, scheme=scheme, fwhm_mm=fwhm, dose_fraction=dose, counts=counts,
+                              mean_brain_counts=mean_counts, seed=case_seed(seed, case), head_mask=mask,
+                              head_margin_mm=margin, tables_dir=tables)
+    except VoxdiffError as exc:
+        # Name the file: the simulation itself only sees arrays.
+        if str(label_path) in str(exc):
+            raise
+        raise VoxdiffError(f"{label_path}: {exc}") from exc
     params = {"case": case, "labels": str(label_path.resolve()), "seed_base": seed, **result.params}
     if head_source not in ("none", "labels"):
         params["head_mask"] = f"thresholded {head_source}"

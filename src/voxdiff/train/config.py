@@ -122,7 +122,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             user = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise VoxdiffError(f"{path}: not valid YAML ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise VoxdiffError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from exc
         if not isinstance(user, dict):
             raise VoxdiffError(f"{path}: a config must be a mapping of sections")
         for key in ("manifest", "folder"):
