@@ -173,13 +173,9 @@ def _metrics_table(metrics: dict[str, dict[str, float]], labels: dict[str, str])
 
 def _check_out_dir(out_dir: Path) -> None:
     from voxdiff.io import check_writable_dir
+    from voxdiff.io.atomic import ensure_out_dir
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VoxdiffError(f"{out_dir}: --out-dir exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VoxdiffError(f"{out_dir}: could not create the output folder ({exc.strerror or exc})") from exc
+    ensure_out_dir(out_dir)
     check_writable_dir(out_dir / DEMO_FILES[0])
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from voxdiff.cli.app import app, console
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, atomic_write_text, check_same_geometry, load_volume, save_volume
-from voxdiff.io.atomic import full_suffix
+from voxdiff.io.atomic import ensure_out_dir, full_suffix
 
 SCHEME_HELP = "Label scheme: 'muse' (IXI DLMUSE regions) or 'brainweb' (BrainWeb tissue classes 0-9)."
 HEAD_HELP = (
@@ -95,13 +95,6 @@ def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str) -
     return paths
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VoxdiffError(f"{out_dir}: --out-dir exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VoxdiffError(f"{out_dir}: could not create the output folder ({exc.strerror or exc})") from exc
 
 
 @app.command("simulate-pet")
@@ -130,7 +123,7 @@ def simulate_pet_command(
     start = time.perf_counter()
     result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
                                    mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-    _prepare_out_dir(out_dir)
+    ensure_out_dir(out_dir)
     paths = _write_case(result, params, out_dir, case)
     console.print(
         f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
@@ -176,7 +169,7 @@ def simulate_pet_dataset_command(
     if not files:
         raise VoxdiffError(f"{labels_dir}: no label maps ({', '.join(SCAN_SUFFIXES)})")
     files = files[:limit] if limit else files
-    _prepare_out_dir(out_dir)
+    ensure_out_dir(out_dir)
     cases: list[Case] = []
     psnrs: list[float] = []
     start = time.perf_counter()

@@ -26,6 +26,18 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def ensure_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create an output folder (and parents) or raise one clear error; returns it as a Path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VoxdiffError(f"{out_dir}: --out-dir exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VoxdiffError(f"{out_dir}: could not create the output folder ({exc.strerror or exc})") from exc
+    return out_dir
+
+
 def full_suffix(path: Path) -> str:
     """The suffix that decides a file's format, e.g. ``.nii.gz`` rather than ``.gz``."""
     name = path.name.lower()

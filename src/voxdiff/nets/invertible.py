@@ -32,7 +32,7 @@ from voxdiff.nets.invertible_blocks import (AdditiveCoupling, AffineCoupling, Ch
                                             InvertibleModule, InvertibleOp, InvertibleUpsample, OneSidedCoupling,
                                             haar_matrix_3d)
 from voxdiff.nets.memory import saved_activation_bytes
-from voxdiff.nets.unet import group_count
+from voxdiff.nets.unet import check_unet_input, group_count
 
 COUPLINGS = ("additive", "affine")
 
@@ -180,14 +180,7 @@ class InvertibleUNet(nn.Module):
         return inverse_chain(self.core, (y,), temb)[0]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5:
-            raise VoxdiffError(f"InvertibleUNet expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise VoxdiffError(f"InvertibleUNet built for {self.in_channels} input channels got {x.shape[1]}")
-        mult = self.required_multiple
-        if any(s % mult for s in x.shape[2:]):
-            raise VoxdiffError(f"InvertibleUNet with {self.levels} levels needs spatial sizes divisible by {mult}, "
-                               f"got {tuple(x.shape[2:])} (pad with voxdiff.ops.pad_to_multiple)")
+        check_unet_input(x, "InvertibleUNet", self.in_channels, self.levels, self.required_multiple)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | None = None) -> torch.Tensor:
         """``x`` (B, in_channels, D, H, W), ``t`` (B,) or scalar timesteps (None = 0) -> (B, out_channels, D, H, W)."""

@@ -33,6 +33,17 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(group_count(channels, groups), channels, eps=1e-6)
 
 
+def check_unet_input(x: torch.Tensor, name: str, in_channels: int, levels: int, multiple: int) -> None:
+    """Refuse a tensor a UNet cannot take (rank, channels, spatial sizes) with a clear message."""
+    if x.ndim != 5:
+        raise VoxdiffError(f"{name} expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_channels:
+        raise VoxdiffError(f"{name} built for {in_channels} input channels got {x.shape[1]}")
+    if any(s % multiple for s in x.shape[2:]):
+        raise VoxdiffError(f"{name} with {levels} levels needs spatial sizes divisible by {multiple}, "
+                           f"got {tuple(x.shape[2:])} (pad with voxdiff.ops.pad_to_multiple)")
+
+
 class ResBlock3D(nn.Module):
     """Residual block; the timestep embedding modulates the second norm as ``h * (1 + scale) + shift``."""
 
@@ -191,14 +202,7 @@ class UNet3D(nn.Module):
         return h
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5:
-            raise VoxdiffError(f"UNet3D expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise VoxdiffError(f"UNet3D built for {self.in_channels} input channels got {x.shape[1]}")
-        mult = self.required_multiple
-        if any(s % mult for s in x.shape[2:]):
-            raise VoxdiffError(f"UNet3D with {self.levels} levels needs spatial sizes divisible by {mult}, "
-                               f"got {tuple(x.shape[2:])} (pad with voxdiff.ops.pad_to_multiple)")
+        check_unet_input(x, "UNet3D", self.in_channels, self.levels, self.required_multiple)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | None = None) -> torch.Tensor:
         """``x`` (B, in_channels, D, H, W), ``t`` (B,) or scalar timesteps (None if not time-conditioned)."""
