@@ -216,6 +216,10 @@ class Trainer:
         if resume is True and not path.exists():
             return
         ckpt = load_checkpoint(path, task=self.task.name, map_location=self.info.device)
+        missing = [k for k in ("model", "ema", "optimizer", "scaler", "step", "rng") if k not in ckpt]
+        if missing:
+            raise VoxdiffError(f"{path}: an inference-only checkpoint (no {', '.join(missing)}); "
+                               "resuming needs a training checkpoint such as OUT_DIR/last.pt")
         try:
             self.task.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
