@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPO.parent / "data" / "pet-ixi" / "manifest.csv"
 ALL_METHODS = ("full3d", "patch", "ppdm2", "ppdm2-nograd", "ppdm4", "ppdm4-nograd")
-METRIC_KEYS = ("psnr", "ssim", "mae", "nmse", "seam2", "seam4")
+METRIC_KEYS = ("psnr", "ssim", "mae", "nmse", "seam2", "seam4", "psnr_whole", "ssim_whole")
 
 
 # ------------------------------------------------------------------------------- pure helpers
@@ -249,7 +249,7 @@ def score(pred: np.ndarray, target: np.ndarray, multiple: int, mask: np.ndarray 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, evaluate, write ``results.json`` and ``results.md`` under ``--out-dir``."""
+    """Train, evaluate, write ``NAME.json`` and ``NAME.md`` (``--results``) under ``--out-dir``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "quality_pet")
     ap.add_argument("--reuse", action="store_true", help="reuse finished trainings found in --out-dir")
+    ap.add_argument("--results", default="results", help="name of the result files NAME.json / NAME.md")
     args = ap.parse_args(argv)
 
     import torch
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                    k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "eval_cases": eval_ids, "training": train_info, "summary": summary, "per_case": per_case,
                "wall_s": wall}
-    atomic_write_text(args.out_dir / "results.json", json.dumps(payload, indent=2, default=float) + "\n")
+    atomic_write_text(args.out_dir / f"{args.results}.json", json.dumps(payload, indent=2, default=float) + "\n")
     where = f"the centred {'x'.join(map(str, eval_crop))} box of" if eval_crop else "whole"
     inside = "whole box" if args.no_mask else "inside the brain mask (label > 0)"
     md = [f"# PET denoising quality ({args.steps} training steps per method)", "",
@@ -375,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(docs/metrics.md), {inside}; data range = target max - min there.", "", table]
     if table_sub:
         md += ["", f"Same metrics on the DDPM-1000 subset ({', '.join(sub)}):", "", table_sub]
-    atomic_write_text(args.out_dir / "results.md", "\n".join(md) + "\n")
+    atomic_write_text(args.out_dir / f"{args.results}.md", "\n".join(md) + "\n")
     print("\n".join(md))
-    print(f"\nwrote {args.out_dir / 'results.json'} and results.md in {wall / 60:.1f} min")
+    print(f"\nwrote {args.out_dir / args.results}.json and .md in {wall / 60:.1f} min")
     return 0
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from voxdiff.bench.memory import add_ratios, measure_in_subprocess, plot_memory
+from voxdiff.bench.memory import add_ratios, measure_in_subprocess, memory_markdown, plot_memory
 from voxdiff.bench.methods import Method, builtin_methods, resolve_methods, use_sdpa_attention
-from voxdiff.bench.sampling import parse_steps, plan_runs, run_sampling_benchmark
+from voxdiff.bench.sampling import parse_steps, plan_runs, run_sampling_benchmark, sampling_markdown
 from voxdiff.errors import VoxdiffError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +58,22 @@ def test_memory_worker_subprocess(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ratios_fall_back_to_sdpa_reference():
+    def row(method, size, mib, sec):
+        return {"method": method, "size": size, "train_size": size, "params": 1e6, "peak_mib": mib,
+                "step_s": sec, "saved_mib": None}
+
+    results = [row("full3d", 64, 100.0, 2.0), row("full3d-sdpa", 64, 80.0, 4.0), row("ppdm4", 64, 5.0, 1.0),
+               {"method": "full3d", "size": 128, "error": "out of memory"}, row("full3d-sdpa", 128, 800.0, 8.0),
+               row("ppdm4", 128, 20.0, 2.0)]
+    add_ratios(results)
+    assert results[2]["ratio_to"] == "full3d" and results[2]["mem_ratio"] == pytest.approx(0.05)
+    assert results[5]["ratio_to"] == "full3d-sdpa" and results[5]["mem_ratio"] == pytest.approx(0.025)
+    assert results[5]["time_ratio"] == pytest.approx(0.25) and "mem_ratio" not in results[3]
+    md = memory_markdown(results).splitlines()
+    assert len(md) == 2 + len(results) and "failed: out of memory" in md[5] and "(vs full3d-sdpa)" in md[7]
+
+
 def test_memory_worker_reports_failures():
     # A crop that the network cannot take is a per-configuration error, not a crash.
     r = measure_in_subprocess(resolve_methods(["ppdm4"], 8)[0], 24, threads=1, saved=False, timeout=900)
@@ -83,6 +98,8 @@ def test_sampling_plan_and_timing():
     assert ppdm["extrapolated"] and ppdm["ratio_to_ppdm"] == pytest.approx(1.0)
     assert ddpm["ratio_to_ppdm"] == pytest.approx(ddpm["seconds"] / ppdm["seconds"])
     assert ddpm["shape"] == [16, 16, 12]
+    md = sampling_markdown(results, "ppdm2")
+    assert "extrapolated from 2 steps" in md and md.count("\n") == 1 + len(results)
 
 
 def test_quality_helpers():

@@ -302,15 +302,46 @@ def run_memory_benchmark(methods: Sequence[Method], sizes: Sequence[int], *, bas
     return results
 
 
-def add_ratios(results: list[dict[str, Any]], reference: str = "full3d") -> None:
-    """Add ``mem_ratio`` / ``time_ratio`` (method / ``reference`` at the same size) in place."""
-    ref = {r["size"]: r for r in results if r.get("method") == reference and "error" not in r}
-    for r in results:
-        base = ref.get(r.get("size"))
-        if "error" in r or base is None:
+def add_ratios(results: list[dict[str, Any]], references: Sequence[str] = ("full3d", "full3d-sdpa")) -> None:
+    """Add ``mem_ratio`` / ``time_ratio`` (method / reference at the same size) in place.
+
+    The reference at a size is the first of ``references`` measured there without error
+    (``full3d-sdpa`` stands in where ``full3d`` ran out of memory); its name goes to ``ratio_to``.
+    """
+    for size in dict.fromkeys(r.get("size") for r in results):
+        at = [r for r in results if r.get("size") == size]
+        ok = {r["method"]: r for r in at if "error" not in r}
+        name = next((n for n in references if n in ok), None)
+        if name is None:
             continue
-        r["mem_ratio"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
-        r["time_ratio"] = r["step_s"] / base["step_s"] if base["step_s"] > 0 else None
+        base = ok[name]
+        for r in at:
+            if "error" in r:
+                continue
+            r["ratio_to"] = name
+            r["mem_ratio"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
+            r["time_ratio"] = r["step_s"] / base["step_s"] if base["step_s"] > 0 else None
+
+
+def memory_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of memory results (for BENCHMARKS.md)."""
+    lines = ["| method | volume | train crop | params | peak MiB | x ref | saved MiB | s / step | x ref |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['size']}^3 | | | failed: {r['error']} | | | | |")
+            continue
+        ref = r.get("ratio_to")
+        tag = "" if ref in (None, "full3d") else f" (vs {ref})"
+
+        def ratio(v):
+            return "-" if v is None else f"{v:.3f}{tag}"
+
+        saved = "-" if r.get("saved_mib") is None else f"{r['saved_mib']:.0f}"
+        lines.append(f"| {r['method']} | {r['size']}^3 | {r['train_size']}^3 | {r['params'] / 1e6:.2f}M | "
+                     f"{r['peak_mib']:.0f} | {ratio(r.get('mem_ratio'))} | {saved} | {r['step_s']:.2f} | "
+                     f"{ratio(r.get('time_ratio'))} |")
+    return "\n".join(lines)
 
 
 def plot_memory(results: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
@@ -339,7 +370,9 @@ def plot_memory(results: Sequence[dict[str, Any]], path: str | Path, title: str 
         ax.set_ylabel(lab)
         ax.set_xticks(sorted({r["size"] for r in ok}))
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.25, wspace=0.3)
     dev = ok[0].get("device", "")
     fig.suptitle(title or f"one training step, batch 1, {dev}", fontsize=10)
     buf = io.BytesIO()

@@ -120,9 +120,8 @@ def time_run(run: SamplingRun, source, *, max_steps: int = 10, seed: int = 0) ->
     sample(k)
     _sync(device)
     measured = time.perf_counter() - t0
-    peak = meter.peak() - meter.baseline
+    peak = max(0, meter.peak() - meter.baseline)  # in-process: approximate, never below zero
     seconds = measured / k * run.steps
-    del task
     return {"run": run.label, "method": run.method.name, "sampler": run.sampler, "steps": run.steps,
             "eta": run.eta, "measured_steps": k, "measured_s": measured, "seconds": seconds,
             "sec_per_step": measured / k, "extrapolated": k < run.steps, "shape": list(source.shape[2:]),
@@ -172,3 +171,17 @@ def run_sampling_benchmark(methods: Sequence[Method], shape: Sequence[int] | Non
             on_result(res)
     add_sampling_ratios(results)
     return results
+
+
+def sampling_markdown(results: Sequence[dict[str, Any]], reference: str | None) -> str:
+    """Markdown table of sampling results (for BENCHMARKS.md)."""
+    lines = [f"| run | steps | s / step | s / volume | x {reference or 'PPDM'} | note |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['run']} | {r['steps']} | | | | failed: {r['error']} |")
+            continue
+        note = f"extrapolated from {r['measured_steps']} steps" if r["extrapolated"] else "measured"
+        ratio = "-" if r.get("ratio_to_ppdm") is None else f"{r['ratio_to_ppdm']:.1f}"
+        lines.append(f"| {r['run']} | {r['steps']} | {r['sec_per_step']:.2f} | {r['seconds']:.1f} | {ratio} | {note} |")
+    return "\n".join(lines)

@@ -88,6 +88,7 @@ def memory(
                                               "more than this many GiB instead of risking the OOM killer."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory and step time vs size (log scales)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown (for BENCHMARKS.md)."),
 ) -> None:
     """Peak memory and time of ONE training step (forward, backward, AdamW) per method and size.
 
@@ -99,7 +100,7 @@ def memory(
 
     Example: [cyan]voxdiff bench memory --config my.yaml --sizes 96[/]
     """
-    from voxdiff.bench.memory import add_ratios, plot_memory, run_memory_benchmark
+    from voxdiff.bench.memory import add_ratios, memory_markdown, plot_memory, run_memory_benchmark
 
     size_list = _int_list(sizes, "--sizes")
     if repeats < 1:
@@ -107,7 +108,7 @@ def memory(
     if base < 1:
         raise VoxdiffError(f"--base must be >= 1, got {base}")
     device = _check_device(device)
-    for path in (json_out, plot):
+    for path in (json_out, plot, markdown):
         if path is not None:
             from voxdiff.io import check_writable_dir
 
@@ -134,6 +135,11 @@ def memory(
     if json_out is not None:
         _write_json(json_out, payload)
         console.print(f"wrote {json_out}")
+    if markdown is not None:
+        from voxdiff.io import atomic_write_text
+
+        atomic_write_text(markdown, memory_markdown(results) + "\n")
+        console.print(f"wrote {markdown}")
     if plot is not None:
         if any("error" not in r for r in results):
             plot_memory(results, plot)
@@ -152,9 +158,12 @@ def memory_table(results: list[dict]) -> Table:
         if "error" in r:
             t.add_row(r["method"], f"{r['size']}^3", "", "", "[red]failed[/]", "", "", "", "")
             continue
+        star = "*" if r.get("ratio_to", "full3d") != "full3d" else ""
         t.add_row(r["method"], f"{r['size']}^3", f"{r['train_size']}^3", f"{r['params'] / 1e6:.2f}M",
-                  _fmt(r["peak_mib"], ".0f"), _fmt(r.get("mem_ratio"), ".3f"), _fmt(r.get("saved_mib"), ".0f"),
-                  _fmt(r["step_s"], ".2f"), _fmt(r.get("time_ratio"), ".2f"))
+                  _fmt(r["peak_mib"], ".0f"), _fmt(r.get("mem_ratio"), ".3f") + star,
+                  _fmt(r.get("saved_mib"), ".0f"), _fmt(r["step_s"], ".2f"), _fmt(r.get("time_ratio"), ".2f") + star)
+    if any(r.get("ratio_to", "full3d") != "full3d" for r in results if "error" not in r):
+        t.caption = "* ratio to full3d-sdpa: full3d failed at that size"
     return t
 
 
@@ -176,6 +185,7 @@ def sampling(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and noise."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown (for BENCHMARKS.md)."),
 ) -> None:
     """Seconds to sample one whole volume per method at its standard step count (random weights).
 
@@ -184,19 +194,22 @@ def sampling(
 
     Example: [cyan]voxdiff bench sampling --size 120,120,90 --json sampling.json[/]
     """
-    from voxdiff.bench.sampling import add_sampling_ratios, parse_steps, run_sampling_benchmark
+    from voxdiff.bench.sampling import (add_sampling_ratios, parse_steps, plan_runs, run_sampling_benchmark,
+                                        sampling_markdown)
 
     device = _check_device(device)
     if max_steps < 1:
         raise VoxdiffError(f"--max-steps must be >= 1, got {max_steps}")
     if input_ is not None and size is not None:
         raise VoxdiffError("give either --size or --input, not both")
-    if json_out is not None:
-        from voxdiff.io import check_writable_dir
+    for path in (json_out, markdown):
+        if path is not None:
+            from voxdiff.io import check_writable_dir
 
-        check_writable_dir(json_out)
+            check_writable_dir(path)
     steps = parse_steps(steps_per_method)
     chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
+    plan_runs(chosen, steps)  # refuse unknown --steps-per-method keys before any work
     source, shape = None, None
     if input_ is not None:
         import numpy as np
@@ -231,8 +244,14 @@ def sampling(
     console.print(sampling_table(results, ref))
     if json_out is not None:
         _write_json(json_out, {"benchmark": "sampling", "environment": _environment(), "device": device,
-                               "shape": shape, "base": base, "reference": ref, "results": results})
+                               "shape": shape, "base": base, "threads": threads, "max_steps": max_steps,
+                               "reference": ref, "results": results})
         console.print(f"wrote {json_out}")
+    if markdown is not None:
+        from voxdiff.io import atomic_write_text
+
+        atomic_write_text(markdown, sampling_markdown(results, ref) + "\n")
+        console.print(f"wrote {markdown}")
 
 
 def sampling_table(results: list[dict], reference: str | None) -> Table:
