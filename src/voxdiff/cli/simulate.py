@@ -30,18 +30,12 @@ def _case_id(path: Path) -> str:
 
 
 def _validate(fwhm: float, dose: float, counts: float | None, mean_counts: float, scheme: str) -> None:
-    from voxdiff.sim.pet import SCHEMES
+    from voxdiff.sim.pet import SCHEMES, check_settings
 
     if scheme not in SCHEMES:
         raise VoxdiffError(f"unknown --scheme '{scheme}' (use {' or '.join(SCHEMES)})")
-    if not 0.0 < dose <= 1.0:
-        raise VoxdiffError(f"--dose must be a fraction in (0, 1], got {dose}")
-    if not fwhm >= 0:
-        raise VoxdiffError(f"--fwhm must be >= 0 mm, got {fwhm}")
-    if counts is not None and not counts > 0:
-        raise VoxdiffError(f"--counts must be > 0, got {counts}")
-    if not mean_counts > 0:
-        raise VoxdiffError(f"--mean-counts must be > 0, got {mean_counts}")
+    # The library's own check, run before any file is written or any loop starts.
+    check_settings(fwhm, dose, counts, mean_counts)
 
 
 def _head_mask(head: str, labels: Volume, scheme: str) -> tuple[np.ndarray | None, float, str]:

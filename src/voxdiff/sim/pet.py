@@ -402,7 +402,7 @@ def simulate_tissue_pet(
     Without ``head_mask`` the brain dilated by ``head_margin_mm`` stands in for skull and scalp
     (0 = zero activity outside the brain). Volumes are returned in ``gm``'s geometry.
     """
-    _check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
+    check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
     check_same_geometry(gm, wm, what="white-matter map")
     if csf is not None:
         check_same_geometry(gm, csf, what="CSF map")
@@ -424,7 +424,8 @@ def simulate_tissue_pet(
     return pair._replace(params=_ordered(params))
 
 
-def _check_settings(fwhm_mm: float, dose_fraction: float, counts: float | None, mean_brain_counts: float) -> None:
+def check_settings(fwhm_mm: float, dose_fraction: float, counts: float | None, mean_brain_counts: float) -> None:
+    """Refuse impossible simulation settings (dose, PSF, counts) with one clear message."""
     if not 0.0 < dose_fraction <= 1.0:
         raise VoxdiffError(f"dose fraction must be in (0, 1], got {dose_fraction}")
     if not fwhm_mm >= 0:
@@ -482,7 +483,7 @@ def simulate_pet(
     """
     if scheme not in SCHEMES:
         raise VoxdiffError(f"unknown PET simulation scheme '{scheme}' (use {' or '.join(SCHEMES)})")
-    _check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
+    check_settings(fwhm_mm, dose_fraction, counts, mean_brain_counts)
     labels = _integer_labels(label_volume)
     if scheme == "muse" and tables_dir is None:
         tables_dir = find_muse_tables(label_volume.path)
