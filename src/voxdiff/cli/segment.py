@@ -10,6 +10,7 @@ uncertainty map. ``--mode vanilla`` samples from pure noise instead (all ``T`` s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -131,19 +132,8 @@ def run_pdddpm(task, ckpt: dict, vol, *, start_labels: Optional[np.ndarray], mod
     return out, info
 
 
-def segment_volume(model: str | Path, input_path: Path, output: Path, *, preseg: Optional[Path] = None,
-                   preseg_model: Optional[str | Path] = None, start_step: Optional[int] = None,
-                   steps: Optional[int] = None, samples: int = 1, uncertainty: Optional[Path] = None,
-                   uncertainty_kind: str = "entropy", probs: Optional[Path] = None, seed: int = 0,
-                   mode: str = "pd", eta: Optional[float] = None, device: str = "cpu",
-                   sw_roi: Optional[int] = None, max_voxels: Optional[int] = None,
-                   show_progress: bool = True) -> dict[str, Any]:
-    """Segment one volume file; every output is written in the input's geometry, only after all succeeded."""
-    from voxdiff.io import check_writable_dir, load_volume, save_volume
-    from voxdiff.io.atomic import full_suffix
-    from voxdiff.models import load_model
-
-    # Validate every argument and output path before any model runs.
+def check_segment_options(mode: str, uncertainty_kind: str, preseg, preseg_model, samples: int) -> None:
+    """Option checks that need no file (run once before many cases, and again per volume)."""
     if mode not in MODES:
         raise VoxdiffError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
     if uncertainty_kind not in UNCERTAINTY_KINDS:
@@ -152,13 +142,34 @@ def segment_volume(model: str | Path, input_path: Path, output: Path, *, preseg:
         raise VoxdiffError("give either --preseg FILE or --preseg-model CKPT, not both")
     if samples < 1:
         raise VoxdiffError(f"--samples must be >= 1, got {samples}")
+    if mode == "vanilla" and (preseg is not None or preseg_model is not None):
+        raise VoxdiffError("--mode vanilla samples from pure noise; drop --preseg / --preseg-model")
+
+
+def segment_volume(model: str | Path | tuple, input_path: Path, output: Path, *, preseg: Optional[Path] = None,
+                   preseg_model: Optional[str | Path | tuple] = None, start_step: Optional[int] = None,
+                   steps: Optional[int] = None, samples: int = 1, uncertainty: Optional[Path] = None,
+                   uncertainty_kind: str = "entropy", probs: Optional[Path] = None, seed: int = 0,
+                   mode: str = "pd", eta: Optional[float] = None, device: str = "cpu",
+                   sw_roi: Optional[int] = None, max_voxels: Optional[int] = None,
+                   show_progress: bool = True) -> dict[str, Any]:
+    """Segment one volume file; every output is written in the input's geometry, only after all succeeded.
+
+    ``model`` / ``preseg_model`` are checkpoint specs or already loaded ``(task, ckpt)`` pairs.
+    """
+    from voxdiff.io import check_writable_dir, load_volume, save_volume
+    from voxdiff.io.atomic import all_or_nothing, full_suffix
+    from voxdiff.models import load_model
+
+    # Validate every argument and output path before any model runs.
+    check_segment_options(mode, uncertainty_kind, preseg, preseg_model, samples)
     for path in (output, uncertainty, probs):
         if path is not None:
             check_writable_dir(path)
     if probs is not None and full_suffix(Path(probs)).lower() not in (".nii", ".nii.gz"):
         raise VoxdiffError(f"{probs}: --probs is written as a 4D NIfTI; use a .nii.gz name")
 
-    task, ckpt = load_model(model, device=device)
+    task, ckpt = model if isinstance(model, tuple) else load_model(model, device=device)
     if ckpt["task"] not in _SEG_TASKS:
         raise VoxdiffError(f"{ckpt['path']}: checkpoint is for task '{ckpt['task']}', segment needs a "
                            f"'segmentation' (PD-DDPM) or 'preseg' model")
@@ -169,13 +180,14 @@ def segment_volume(model: str | Path, input_path: Path, output: Path, *, preseg:
     if ckpt["task"] == "preseg":
         if preseg is not None or preseg_model is not None:
             raise VoxdiffError("--preseg / --preseg-model apply to a PD-DDPM model; this --model is itself a preseg model")
+        if mode != "pd" or start_step is not None or steps is not None:
+            raise VoxdiffError("--mode / --start-step / --steps apply to a PD-DDPM model; this --model is a preseg "
+                               "model (one network pass)")
         if uncertainty is not None and uncertainty_kind != "entropy":
             raise VoxdiffError("a preseg model gives one prediction: only --uncertainty-kind entropy applies")
         out = run_preseg(task, ckpt, vol, device=device, max_voxels=max_voxels, sw_roi=sw_roi)
         result.update(mode="preseg", steps=0, samples=1, nfe=1)
     else:
-        if mode == "vanilla" and (preseg is not None or preseg_model is not None):
-            raise VoxdiffError("--mode vanilla samples from pure noise; drop --preseg / --preseg-model")
         if uncertainty is not None and uncertainty_kind != "entropy" and samples < 2:
             raise VoxdiffError(f"--uncertainty-kind {uncertainty_kind} needs --samples 2 or more")
         start_labels = None
@@ -183,7 +195,8 @@ def segment_volume(model: str | Path, input_path: Path, output: Path, *, preseg:
         if preseg is not None:
             start_labels = load_presegmentation(preseg, vol, num_classes)
         elif preseg_model is not None:
-            pre_task, pre_ckpt = load_model(preseg_model, task="preseg", device=device)
+            pre_task, pre_ckpt = (preseg_model if isinstance(preseg_model, tuple)
+                                  else load_model(preseg_model, task="preseg", device=device))
             if int(pre_task.num_classes) != num_classes:
                 raise VoxdiffError(f"{pre_ckpt['path']}: the preseg model has {pre_task.num_classes} classes but "
                                    f"the PD-DDPM model has {num_classes}")
@@ -209,35 +222,39 @@ def segment_volume(model: str | Path, input_path: Path, output: Path, *, preseg:
     prob_arr = None
     if probs is not None:
         prob_arr = np.ascontiguousarray(np.moveaxis(out["probs"][0].float().cpu().numpy(), 0, -1), dtype=np.float32)
-    save_volume(labels.astype(dtype), output, like=vol, dtype=dtype)
-    if unc_arr is not None:
-        save_volume(unc_arr, uncertainty, like=vol)
-        result["uncertainty"] = str(uncertainty)
-        result["uncertainty_kind"] = uncertainty_kind
-    if prob_arr is not None:
-        save_volume(prob_arr, probs, like=vol)
-        result["probs"] = str(probs)
+    with all_or_nothing() as written:  # all outputs or none
+        written.append(save_volume(labels.astype(dtype), output, like=vol, dtype=dtype))
+        if unc_arr is not None:
+            written.append(save_volume(unc_arr, uncertainty, like=vol))
+            result["uncertainty"] = str(uncertainty)
+            result["uncertainty_kind"] = uncertainty_kind
+        if prob_arr is not None:
+            written.append(save_volume(prob_arr, probs, like=vol))
+            result["probs"] = str(probs)
     return result
 
 
 @app.command()
 def segment(
     model: str = typer.Option(..., "--model", "-m", help="PD-DDPM 'segmentation' checkpoint (or a 'preseg' one, run alone)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Image to segment (normalised as in training)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Label map (integers 0..K-1) in the input's geometry."),
-    preseg: Optional[Path] = typer.Option(None, "--preseg", help="Pre-segmentation label file (any tool; same grid, labels 0..K-1)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image to segment (normalised as in training), or a folder of them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Label map (integers 0..K-1) in the input's geometry (a folder for a folder input)."),
+    preseg: Optional[Path] = typer.Option(None, "--preseg", help="Pre-segmentation label file (any tool; same grid, labels 0..K-1); for a folder input, a folder of them named like the images."),
     preseg_model: Optional[str] = typer.Option(None, "--preseg-model", help="A trained 'preseg' checkpoint to produce the pre-segmentation."),
     start_step: Optional[int] = typer.Option(None, "--start-step", "-t", help="t': timestep the pre-segmentation is diffused to (default: the model's)."),
     steps: Optional[int] = typer.Option(None, "--steps", "-k", help="Reverse steps K (pd default: the model's; vanilla: all T)."),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Samples N (batched) averaged into the mean mask."),
-    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", "-u", help="Write the voxel-wise uncertainty map here."),
+    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", "-u", help="Write the voxel-wise uncertainty map here (file or folder)."),
     uncertainty_kind: str = typer.Option("entropy", "--uncertainty-kind", help="entropy (of the mean) | variance | mi (mutual information)."),
-    probs: Optional[Path] = typer.Option(None, "--probs", help="Write the mean class probabilities here (4D NIfTI, X,Y,Z,K)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    probs: Optional[Path] = typer.Option(None, "--probs", help="Write the mean class probabilities here (4D NIfTI, X,Y,Z,K; file or folder)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; every case uses it."),
     mode: str = typer.Option("pd", "--mode", help="pd (start from the pre-segmentation) | vanilla (from pure noise)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="Sampler stochasticity: 0 DDIM, 1 DDPM (default: the model's)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: this rank's GPU)."),
     sw_roi: Optional[int] = typer.Option(None, "--sw-roi", help="Force sliding-window inference with this patch side."),
+    part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
+    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist (resume a pre-empted job)."),
 ) -> None:
     """Segment an image with PD-DDPM, starting the diffusion from a pre-segmentation.
 
@@ -245,19 +262,49 @@ def segment(
     K reverse steps (--steps) of N batched samples (--samples) cost K x N network evaluations.
     The mean probabilities give the labels (--output) and an uncertainty map (--uncertainty).
     --mode vanilla samples from pure noise instead; a preseg --model is run on its own.
+    Given a folder, every image in it is segmented into the --output folder under its own file
+    name; --part-id/--num-parts (or torchrun) split the cases over processes.
 
     Example: [cyan]voxdiff segment -m runs/seg_pdddpm/last.pt --preseg-model runs/seg_preseg/last.pt -i t1.nii.gz -o seg.nii.gz -t 250 -k 5 -n 4 -u unc.nii.gz[/]
 
     Example: [cyan]voxdiff segment -m runs/seg_pdddpm/last.pt --preseg other_tool.nii.gz -i t1.nii.gz -o seg.nii.gz[/]
 
     Example: [cyan]voxdiff segment -m runs/seg_preseg/last.pt -i t1.nii.gz -o preseg.nii.gz[/]
+
+    Example: [cyan]voxdiff segment -m pd.pt --preseg nnunet_out/ -i images/ -o seg/ --part-id 0 --num-parts 2[/]
     """
-    res = segment_volume(model, input, output, preseg=preseg, preseg_model=preseg_model, start_step=start_step,
-                         steps=steps, samples=samples, uncertainty=uncertainty, uncertainty_kind=uncertainty_kind,
-                         probs=probs, seed=seed, mode=mode, eta=eta, device=device, sw_roi=sw_roi)
-    desc = ("preseg model" if res["mode"] == "preseg" else
-            f"{res['mode']}: t'={res['start_step']}, K={res['steps']}" if res["mode"] == "pd" else
-            f"vanilla: K={res['steps']} from noise")
-    extras = [res[k] for k in ("uncertainty", "probs") if k in res]
-    console.print(f"wrote {res['output']} ({desc}, {res['samples']} sample(s), {res['nfe']} network evaluations)"
-                  + (f" and {', '.join(extras)}" if extras else ""))
+    from voxdiff.cases import plan_cases, prepare_output_folders, resolve_part, run_cases
+    from voxdiff.models import load_model
+    from voxdiff.train.distributed import pick_device
+
+    check_segment_options(mode, uncertainty_kind, preseg, preseg_model, samples)
+    part = resolve_part(part_id, num_parts)
+    jobs, folder_mode = plan_cases(input, {"output": output, "uncertainty": uncertainty, "probs": probs},
+                                   extra_inputs={"preseg": preseg}, output_suffix={"probs": ".nii.gz"})
+    dev = str(pick_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    kwargs = dict(preseg_model=preseg_model, start_step=start_step, steps=steps, samples=samples,
+                  uncertainty_kind=uncertainty_kind, seed=seed, mode=mode, eta=eta, device=dev, sw_roi=sw_roi)
+
+    def report(res: dict) -> str:
+        desc = ("preseg model" if res["mode"] == "preseg" else
+                f"{res['mode']}: t'={res['start_step']}, K={res['steps']}" if res["mode"] == "pd" else
+                f"vanilla: K={res['steps']} from noise")
+        extras = [res[k] for k in ("uncertainty", "probs") if k in res]
+        return (f"wrote {res['output']} ({desc}, {res['samples']} sample(s), {res['nfe']} network evaluations)"
+                + (f" and {', '.join(extras)}" if extras else ""))
+
+    if not folder_mode and part.count == 1:
+        res = segment_volume(model, input, output, preseg=preseg, uncertainty=uncertainty, probs=probs, **kwargs)
+        console.print(report(res))
+        return
+    mine = part.select(jobs)
+    if mine:
+        prepare_output_folders(mine)
+        kwargs["model"] = load_model(model, device=dev)
+        if preseg_model is not None:
+            kwargs["preseg_model"] = load_model(preseg_model, task="preseg", device=dev)
+    run_cases(jobs, lambda job: segment_volume(input_path=job.input, output=job.outputs["output"],
+                                               preseg=job.extra_inputs.get("preseg"),
+                                               uncertainty=job.outputs.get("uncertainty"),
+                                               probs=job.outputs.get("probs"), show_progress=False, **kwargs),
+              part=part, skip_existing=skip_existing, log=console.print)

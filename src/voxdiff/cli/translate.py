@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -10,31 +11,43 @@ import torch
 import typer
 
 from voxdiff.cli.app import app, console
+from voxdiff.errors import VoxdiffError
 
 
-def translate_volume(model: str | Path, input_path: Path, output: Path, *, steps: Optional[int] = None,
+def check_translate_options(samples: int, uncertainty: Optional[Path]) -> None:
+    """Option checks that need no file (run once before many cases, and again per volume)."""
+    if uncertainty is not None and samples < 2:
+        raise VoxdiffError("--uncertainty needs --samples 2 or more (the std over stochastic samples)")
+
+
+def translate_volume(model: str | Path | tuple, input_path: Path, output: Path, *, steps: Optional[int] = None,
                      samples: int = 1, uncertainty: Optional[Path] = None, seed: int = 0,
                      eta: Optional[float] = None, device: str = "cpu", sw_roi: Optional[int] = None,
                      max_voxels: Optional[int] = None, show_progress: bool = True) -> dict:
-    """Translate one volume file; outputs in the input's geometry and the target's units."""
+    """Translate one volume file; outputs in the input's geometry and the target's units.
+
+    ``model`` is a checkpoint spec or an already loaded ``(task, ckpt)`` from :func:`load_model`.
+    """
     from voxdiff.io import check_writable_dir, load_volume, save_volume
+    from voxdiff.io.atomic import all_or_nothing
     from voxdiff.models import inference_normalizers, load_model
     from voxdiff.tasks.inference import predict_volume
 
     check_writable_dir(output)
     if uncertainty is not None:
         check_writable_dir(uncertainty)
-        if samples < 2:
-            from voxdiff.errors import VoxdiffError
-
-            raise VoxdiffError("--uncertainty needs --samples 2 or more (the std over stochastic samples)")
-    task, ckpt = load_model(model, task="translation", device=device)
+    check_translate_options(samples, uncertainty)
+    task, ckpt = model if isinstance(model, tuple) else load_model(model, task="translation", device=device)
     inf = ckpt["config"]["inference"]
     vol = load_volume(input_path, role="source")
     norms = inference_normalizers(ckpt, {"source": vol}, "target")
     src_norm, tgt_norm = norms["source"], norms["target"]
     x = torch.as_tensor(np.asarray(src_norm.forward(vol.array), dtype=np.float32))[None, None].to(device)
-    k = int(steps or inf["steps"])
+    k = int(inf["steps"] if steps is None else steps)
+    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
+    if k < 1 or (n_t and k > n_t):
+        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
+                           else f"--steps must be >= 1, got {k}")
     g = torch.Generator().manual_seed(int(seed))
     eta_v = (0.3 if samples > 1 else inf.get("eta")) if eta is None else eta
 
@@ -48,39 +61,65 @@ def translate_volume(model: str | Path, input_path: Path, output: Path, *, steps
                              progress=lambda i, n: bar.update(tid, completed=i, total=n))
     pred = out["output"][0, 0].float().cpu().numpy()
     pred_units = np.asarray(tgt_norm.inverse(pred), dtype=np.float32)
-    save_volume(pred_units, output, like=vol)
     result = {"output": str(output), "steps": k, "samples": samples}
-    if uncertainty is not None:
-        std = out["std"][0, 0].float().cpu().numpy()
-        # Normalisers are affine: a standard deviation scales by the slope only.
-        std_units = np.abs(np.asarray(tgt_norm.inverse(std)) - np.asarray(tgt_norm.inverse(np.zeros_like(std))))
-        save_volume(std_units.astype(np.float32), uncertainty, like=vol)
-        result["uncertainty"] = str(uncertainty)
+    with all_or_nothing() as written:  # no output without its uncertainty map
+        written.append(save_volume(pred_units, output, like=vol))
+        if uncertainty is not None:
+            std = out["std"][0, 0].float().cpu().numpy()
+            # Normalisers are affine: a standard deviation scales by the slope only.
+            std_units = np.abs(np.asarray(tgt_norm.inverse(std)) - np.asarray(tgt_norm.inverse(np.zeros_like(std))))
+            written.append(save_volume(std_units.astype(np.float32), uncertainty, like=vol))
+            result["uncertainty"] = str(uncertainty)
     return result
 
 
 @app.command()
 def translate(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint (.pt, or a run folder) or pretrained:NAME."),
-    input: Path = typer.Option(..., "--input", "-i", help="Source volume (e.g. low-count PET, T1)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output volume, written in the input's geometry."),
+    input: Path = typer.Option(..., "--input", "-i", help="Source volume (e.g. low-count PET, T1), or a folder of them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output volume in the input's geometry (a folder for a folder input)."),
     steps: Optional[int] = typer.Option(None, "--steps", "-k", help="Sampling steps (default: the model's)."),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Stochastic samples to average."),
-    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", "-u", help="Write the voxel-wise std over samples here."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (stochastic sampling)."),
+    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", "-u", help="Write the voxel-wise std over samples here (file or folder)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (stochastic sampling); every case uses it."),
     eta: Optional[float] = typer.Option(None, "--eta", help="Sampler stochasticity: 0 deterministic, 1 fully stochastic."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: this rank's GPU)."),
     sw_roi: Optional[int] = typer.Option(None, "--sw-roi", help="Force sliding-window inference with this patch side."),
+    part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
+    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist (resume a pre-empted job)."),
 ) -> None:
     """Translate a source volume into the target contrast/dose with a trained PPDM.
 
     The output is written in the source file's geometry and the target's intensity units.
     With --samples N --uncertainty U, U holds the voxel-wise standard deviation over N
-    stochastic bridge samples.
+    stochastic bridge samples. Given a folder, every volume in it is translated into the
+    --output folder under its own file name; --part-id/--num-parts (or torchrun) split the
+    cases over processes.
 
     Example: [cyan]voxdiff translate -m runs/pet/last.pt -i low.nii.gz -o denoised.nii.gz --steps 10[/]
+
+    Example: [cyan]torchrun --nproc_per_node 4 -m voxdiff translate -m runs/pet/last.pt -i lowdose/ -o denoised/ --device cuda[/]
     """
-    res = translate_volume(model, input, output, steps=steps, samples=samples, uncertainty=uncertainty,
-                           seed=seed, eta=eta, device=device, sw_roi=sw_roi)
-    console.print(f"wrote {res['output']} ({res['steps']} steps, {res['samples']} sample(s))"
-                  + (f" and {res['uncertainty']}" if "uncertainty" in res else ""))
+    from voxdiff.cases import plan_cases, prepare_output_folders, resolve_part, run_cases
+    from voxdiff.models import load_model
+    from voxdiff.train.distributed import pick_device
+
+    check_translate_options(samples, uncertainty)
+    part = resolve_part(part_id, num_parts)
+    jobs, folder_mode = plan_cases(input, {"output": output, "uncertainty": uncertainty})
+    dev = str(pick_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    kwargs = dict(steps=steps, samples=samples, seed=seed, eta=eta, device=dev, sw_roi=sw_roi)
+    if not folder_mode and part.count == 1:
+        res = translate_volume(model, input, output, uncertainty=uncertainty, **kwargs)
+        console.print(f"wrote {res['output']} ({res['steps']} steps, {res['samples']} sample(s))"
+                      + (f" and {res['uncertainty']}" if "uncertainty" in res else ""))
+        return
+    mine = part.select(jobs)
+    if mine:
+        prepare_output_folders(mine)
+        loaded = load_model(model, task="translation", device=dev)
+    run_cases(jobs, lambda job: translate_volume(loaded, job.input, job.outputs["output"],
+                                                 uncertainty=job.outputs.get("uncertainty"),
+                                                 show_progress=False, **kwargs),
+              part=part, skip_existing=skip_existing, log=console.print)
