@@ -53,6 +53,17 @@ def test_round_trip_is_exact(tmp_path, tiny_affine, ext, affine_kind):
     assert _only(tmp_path) == {f"vol{ext}"}  # no temporary file left behind
 
 
+@pytest.mark.parametrize("ext,data_file", [(".mhd", "vol.zraw"), (".nhdr", "vol.raw.gz")])
+def test_detached_header_round_trip_names_its_data_file_after_the_output(tmp_path, tiny_affine, ext, data_file):
+    # The data file is written beside a temporary header, then both are moved: the header must not
+    # point at a temporary name, and no temporary file may remain.
+    arr = _array()
+    vol = load_volume(save_volume(arr, tmp_path / f"vol{ext}", affine=tiny_affine))
+    np.testing.assert_array_equal(vol.array, arr)
+    assert _only(tmp_path) == {f"vol{ext}", data_file}
+    assert data_file in (tmp_path / f"vol{ext}").read_text(errors="replace")
+
+
 @pytest.mark.parametrize("ext", [".nii.gz", ".mha", ".nrrd"])
 def test_oblique_affine_round_trip(tmp_path, ext):
     aff = _oblique_affine()

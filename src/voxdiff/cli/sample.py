@@ -35,7 +35,11 @@ def sample_volumes(model: str | Path, output: Path, *, steps: Optional[int] = No
     affine = np.asarray(geo["affine"], dtype=np.float64)
     pads = _pad_amounts(shape, task.required_multiple)
     padded = tuple(s + a + b for s, (a, b) in zip(shape, pads))
-    k = int(steps or ckpt["config"]["inference"]["steps"])
+    k = int(ckpt["config"]["inference"]["steps"] if steps is None else steps)
+    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
+    if k < 1 or (n_t and k > n_t):
+        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
+                           else f"--steps must be >= 1, got {k}")
     norm_d = (ckpt.get("dataset_normalizers") or {}).get(task.output_role)
     norm = normalizer_from_dict(norm_d) if norm_d else None
     g = torch.Generator().manual_seed(int(seed))

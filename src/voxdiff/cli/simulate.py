@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from voxdiff.cli.app import app, console
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, atomic_write_text, check_same_geometry, load_volume, save_volume
-from voxdiff.io.atomic import ensure_out_dir, full_suffix
+from voxdiff.io.atomic import all_or_nothing, full_suffix
 
 SCHEME_HELP = "Label scheme: 'muse' (IXI DLMUSE regions) or 'brainweb' (BrainWeb tissue classes 0-9)."
 HEAD_HELP = (
@@ -80,12 +80,13 @@ def _simulate_one(label_path: Path, *, case: str, scheme: str, fwhm: float, dose
     return result, params
 
 
-def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str) -> dict[str, Path]:
+def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str, written: list[Path]) -> dict[str, Path]:
+    """Write one case's files, appending each to ``written`` (an :func:`all_or_nothing` list)."""
     paths = {"full": out_dir / f"{case}_full.nii.gz", "low": out_dir / f"{case}_low.nii.gz",
              "json": out_dir / f"{case}_pet.json"}
-    save_volume(result.full, paths["full"])
-    save_volume(result.low, paths["low"])
-    atomic_write_text(paths["json"], json.dumps(params, indent=2) + "\n")
+    written.append(save_volume(result.full, paths["full"]))
+    written.append(save_volume(result.low, paths["low"]))
+    written.append(atomic_write_text(paths["json"], json.dumps(params, indent=2) + "\n"))
     return paths
 
 
@@ -117,8 +118,8 @@ def simulate_pet_command(
     start = time.perf_counter()
     result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
                                    mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-    ensure_out_dir(out_dir)
-    paths = _write_case(result, params, out_dir, case)
+    with all_or_nothing(out_dir) as written:
+        paths = _write_case(result, params, out_dir, case, written)
     console.print(
         f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
         f"(data range {params['psnr_data_range']:g}, mean {params['mean_brain_counts']:.0f} counts/brain voxel, "
@@ -163,33 +164,34 @@ def simulate_pet_dataset_command(
     if not files:
         raise VoxdiffError(f"{labels_dir}: no label maps ({', '.join(SCAN_SUFFIXES)})")
     files = files[:limit] if limit else files
-    ensure_out_dir(out_dir)
     cases: list[Case] = []
     psnrs: list[float] = []
     start = time.perf_counter()
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("simulating PET", total=len(files), status="")
-        for path in files:
-            case = _case_id(path)
-            result, params = _simulate_one(path, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
-                                           mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-            paths = _write_case(result, params, out_dir, case)
-            cases.append(Case(case, {"source": paths["low"], "target": paths["full"], "label": path}))
-            psnrs.append(params["psnr_low_vs_full_db"])
-            progress.update(task, advance=1, status=f"{case}: {psnrs[-1]:.1f} dB")
-    elapsed = time.perf_counter() - start
-    summary = {
-        "cases": len(cases), "labels_dir": str(labels_dir.resolve()), "scheme": scheme, "fwhm_mm": fwhm,
-        "dose_fraction": dose, "counts": counts, "mean_brain_counts": mean_counts, "seed": seed, "head": head,
-        "psnr_low_vs_full_db": {"mean": float(np.mean(psnrs)), "std": float(np.std(psnrs)),
-                                "min": float(np.min(psnrs)), "max": float(np.max(psnrs))},
-        "seconds": round(elapsed, 1),
-        "roles": {"source": "low-dose", "target": "full-dose", "label": "region labels"},
-    }
-    atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
-    manifest = write_manifest(cases, out_dir / "manifest.csv")
+    # A bad label map (or a full disk) removes what this run wrote: no dataset that looks complete.
+    with all_or_nothing(out_dir) as written:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("simulating PET", total=len(files), status="")
+            for path in files:
+                case = _case_id(path)
+                result, params = _simulate_one(path, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
+                                               mean_counts=mean_counts, seed=seed, head=head, tables=tables)
+                paths = _write_case(result, params, out_dir, case, written)
+                cases.append(Case(case, {"source": paths["low"], "target": paths["full"], "label": path}))
+                psnrs.append(params["psnr_low_vs_full_db"])
+                progress.update(task, advance=1, status=f"{case}: {psnrs[-1]:.1f} dB")
+        elapsed = time.perf_counter() - start
+        summary = {
+            "cases": len(cases), "labels_dir": str(labels_dir.resolve()), "scheme": scheme, "fwhm_mm": fwhm,
+            "dose_fraction": dose, "counts": counts, "mean_brain_counts": mean_counts, "seed": seed, "head": head,
+            "psnr_low_vs_full_db": {"mean": float(np.mean(psnrs)), "std": float(np.std(psnrs)),
+                                    "min": float(np.min(psnrs)), "max": float(np.max(psnrs))},
+            "seconds": round(elapsed, 1),
+            "roles": {"source": "low-dose", "target": "full-dose", "label": "region labels"},
+        }
+        written.append(atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n"))
+        manifest = write_manifest(cases, out_dir / "manifest.csv")
     console.print(
         f"{len(cases)} subject(s) in {elapsed:.1f} s ({elapsed / len(cases):.2f} s each); low-dose PSNR "
         f"{summary['psnr_low_vs_full_db']['mean']:.2f} ± {summary['psnr_low_vs_full_db']['std']:.2f} dB; "

@@ -251,6 +251,7 @@ def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: 
     """
     from voxdiff.data.manifest import Case, write_manifest
     from voxdiff.io import atomic_write_text, check_same_geometry, load_volume, save_volume
+    from voxdiff.io.atomic import all_or_nothing
 
     labels_dir, images_dir, out_dir = Path(labels_dir), Path(images_dir), Path(out_dir)
     label_files = _volume_files(labels_dir, "labels")
@@ -266,22 +267,27 @@ def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: 
     if not ids:
         raise VoxdiffError(f"{labels_dir}: no case to convert")
     out_labels = out_dir / "labels"
-    out_labels.mkdir(parents=True, exist_ok=True)
     written: list[Case] = []
-    for i, cid in enumerate(ids):
+    # A bad case (or a full disk) removes what this run wrote: no label folder that looks complete.
+    with all_or_nothing(out_labels) as files:
+        for i, cid in enumerate(ids):
+            if progress is not None:
+                progress(i, len(ids), cid)
+            lab = load_volume(label_files[cid], role=f"case '{cid}' labels")
+            img = load_volume(image_files[cid], role=f"case '{cid}' image")
+            check_same_geometry(img, lab, what=f"case '{cid}'")
+            try:
+                remapped = composite_label_map(lab.array, scheme)
+            except VoxdiffError as exc:
+                raise VoxdiffError(f"{label_files[cid]}: {exc}") from exc
+            dest = out_labels / f"{cid}.nii.gz"
+            save_volume(remapped, dest, like=lab, dtype=remapped.dtype)
+            files.append(dest)
+            written.append(Case(cid, {"image": image_files[cid].resolve(), "label": dest.resolve()}))
         if progress is not None:
-            progress(i, len(ids), cid)
-        lab = load_volume(label_files[cid], role=f"case '{cid}' labels")
-        img = load_volume(image_files[cid], role=f"case '{cid}' image")
-        check_same_geometry(img, lab, what=f"case '{cid}'")
-        remapped = composite_label_map(lab.array, scheme)
-        dest = out_labels / f"{cid}.nii.gz"
-        save_volume(remapped, dest, like=lab, dtype=remapped.dtype)
-        written.append(Case(cid, {"image": image_files[cid].resolve(), "label": dest.resolve()}))
-    if progress is not None:
-        progress(len(ids), len(ids), "")
-    atomic_write_text(out_dir / "classes.json", json.dumps(scheme.to_dict(), indent=2) + "\n")
-    return write_manifest(written, out_dir / "manifest.csv")
+            progress(len(ids), len(ids), "")
+        files.append(atomic_write_text(out_dir / "classes.json", json.dumps(scheme.to_dict(), indent=2) + "\n"))
+        return write_manifest(written, out_dir / "manifest.csv")
 
 
 __all__ = [

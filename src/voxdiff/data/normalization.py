@@ -135,7 +135,14 @@ def case_normalizers(
         else:
             if role not in arrays:
                 raise VoxdiffError(f"normalization of '{asked_by}' needs the '{role}' volume of the case, which was not given")
-            norm = _fit(spec, arrays[role], role)
+            try:
+                norm = _fit(spec, arrays[role], role)
+            except VoxdiffError as exc:
+                # A volume that cannot be normalised (e.g. constant): name its file.
+                source = getattr(volumes[role], "path", None)
+                if source is None or str(source) in str(exc):
+                    raise
+                raise VoxdiffError(f"{source} ({role}): {exc}") from exc
         out[role] = norm
         return norm
 

@@ -219,6 +219,8 @@ class DDPMProcess(NoiseProcess):
         (from ``generator``) only when ``eta > 0``.
         """
         eta = self.eta if eta is None else float(eta)
+        if eta < 0:
+            raise VoxdiffError(f"eta must be >= 0, got {eta}.")
         batch = x_t.shape[0]
         abar_t = self._abar64(t, batch)
         abar_prev = self._abar64(self.previous_timestep(t), batch)

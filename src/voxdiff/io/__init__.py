@@ -7,7 +7,9 @@ original header so that outputs are written in the input's geometry.
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from voxdiff.errors import VoxdiffError
-from voxdiff.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text, check_writable_dir, full_suffix
+from voxdiff.io.atomic import (atomic_file_set, atomic_path, atomic_write_bytes, atomic_write_text,
+                               check_writable_dir, full_suffix)
 
 __all__ = [
     "Volume",
@@ -147,15 +150,37 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tupl
     return data, np.asarray(img.affine, dtype=np.float64), header, img.get_data_dtype(), scaling
 
 
+def _itk_detail(exc: RuntimeError) -> str:
+    """The reason in a SimpleITK exception, on one line (its first line names ITK's own source file)."""
+    lines = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln.strip()) for ln in str(exc).strip().splitlines()[1:]]
+    return "; ".join(ln for ln in lines if ln) or _one_line(exc)
+
+
+def _write_itk(img: Any, path: Path) -> None:
+    """``sitk.WriteImage`` into a temporary file (a folder for detached headers) renamed onto ``path``."""
+    sitk = _sitk()
+    detached = full_suffix(path).lower() in (".mhd", ".nhdr")  # header + data file named after it
+    with (atomic_file_set(path) if detached else atomic_path(path)) as tmp:
+        try:
+            sitk.WriteImage(img, str(tmp), True)
+        except RuntimeError as exc:
+            # ITK reports write failures (disk full, size limit) as RuntimeError, not OSError: the
+            # system's reason, when ITK gives one, is turned back into the OSError atomic_path reports.
+            detail = _itk_detail(exc).replace(str(tmp), str(path))
+            reason = re.search(r"Reason: ([^;]+)", detail)
+            codes = {os.strerror(c): c for c in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))}
+            code = codes.get(reason.group(1).strip()) if reason else None
+            if code is not None:
+                raise OSError(code, os.strerror(code)) from exc
+            raise VoxdiffError(f"{path}: could not write ({detail}); nothing was written") from exc
+
+
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:
     sitk = _sitk()
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        # SimpleITK's first line names its own source file; the rest is the ITK reason.
-        lines = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln.strip()) for ln in str(exc).strip().splitlines()[1:]]
-        detail = "; ".join(ln for ln in lines if ln) or _one_line(exc)
-        raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file (corrupt, truncated or another format: {detail})") from exc
+        raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file (corrupt, truncated or another format: {_itk_detail(exc)})") from exc
     arr = sitk.GetArrayFromImage(img)
     disk_dtype = arr.dtype
     arr = np.ascontiguousarray(arr.T)  # SimpleITK gives (z, y, x)
@@ -278,8 +303,7 @@ def save_volume(
         img.SetSpacing(tuple(float(s) for s in spacing))
         img.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
         img.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(img, str(tmp), True)
+        _write_itk(img, path)
     else:
         from voxdiff.io.interfile import write_interfile
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -47,33 +49,113 @@ def full_suffix(path: Path) -> str:
     return path.suffix
 
 
+def write_error(path: str | os.PathLike, exc: OSError) -> VoxdiffError:
+    """The one-line error for an output that could not be written (disk full, quota, size limit...)."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return VoxdiffError(f"{path}: {reason}; nothing was written")
+    if exc.errno == errno.EFBIG:
+        return VoxdiffError(f"{path}: file too large for this file system or the process's file size limit; "
+                            "nothing was written")
+    return VoxdiffError(f"{path}: could not write ({exc.strerror or exc}); nothing was written")
+
+
+def _output_mode() -> int:
+    # mkstemp/mkdtemp create private files; outputs get the usual permissions (0666 minus umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     The temporary name keeps the full suffix so that format-sniffing writers (nibabel,
     SimpleITK) pick the right format. On any exception the temporary file is removed and
-    ``path`` is left untouched.
+    ``path`` is left untouched; an ``OSError`` (disk full, quota, file size limit, ...)
+    becomes one clear :class:`VoxdiffError` naming ``path``.
     """
     path = check_writable_dir(path)
     suffix = full_suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent or ".")
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
-        # mkstemp creates 0600 files; outputs get the usual permissions (0666 minus umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, _output_mode())
         os.replace(tmp_path, path)
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        if exc.errno == 28:  # ENOSPC
-            raise VoxdiffError(f"{path}: no space left on device; nothing was written") from exc
-        raise VoxdiffError(f"{path}: could not write ({exc.strerror or exc}); nothing was written") from exc
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        raise write_error(path, exc) from exc
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file_set(path: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_path` for writers that put companion files beside ``path``.
+
+    A detached header (``.mhd``, ``.nhdr``) names its data file after itself, so a renamed
+    temporary header would point at a temporary data file. The writer gets ``path``'s own name
+    inside a hidden temporary folder beside it; on success every file written there is moved
+    beside ``path`` (``path`` itself last, so it appears only once its data is in place), and
+    the folder is removed whatever happens.
+    """
+    path = check_writable_dir(path)
+    tmp_dir: Path | None = None
+    moved: list[Path] = []
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."))
+        yield tmp_dir / path.name
+        mode = _output_mode()
+        for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name):
+            os.chmod(f, mode)
+            os.replace(f, path.parent / f.name)
+            moved.append(path.parent / f.name)
+    except BaseException as exc:
+        if path not in moved:  # no header: its companions alone are no output
+            for f in moved:
+                f.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
+    finally:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def all_or_nothing(out_dir: str | os.PathLike | None = None) -> Iterator[list[Path]]:
+    """Run a block that writes several outputs; if it raises, remove those it had written.
+
+    Yields a list: append each output file once it is written. With ``out_dir`` the folder is
+    first created (as :func:`ensure_out_dir`), and the folders this call created are removed
+    again on failure if they are empty. A command that fails on its 3rd case or its 2nd output
+    thus leaves nothing behind, instead of outputs that look complete. (Ctrl-C is not an
+    error: what was written stays, as each file is complete.)
+    """
+    created: list[Path] = []
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        p = out_dir
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
+        ensure_out_dir(out_dir)
+    written: list[Path] = []
+    try:
+        yield written
+    except Exception:
+        for f in written:
+            Path(f).unlink(missing_ok=True)
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
 
 
