@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxdiff.bench.memory import add_ratios, measure_in_subprocess, memory_markdown, plot_memory
-from voxdiff.bench.methods import Method, builtin_methods, resolve_methods, use_sdpa_attention
+from voxdiff.bench.memory import (add_growth, add_ratios, measure_in_subprocess, memory_markdown, plot_memory,
+                                  run_memory_benchmark)
+from voxdiff.bench.methods import (Method, builtin_methods, expand_methods, invertible_available, resolve_methods,
+                                   use_sdpa_attention, with_checkpointing, with_depth, with_precision)
 from voxdiff.bench.sampling import parse_steps, plan_runs, run_sampling_benchmark, sampling_markdown
 from voxdiff.errors import VoxdiffError
 
@@ -78,6 +80,143 @@ def test_memory_worker_reports_failures():
     # A crop that the network cannot take is a per-configuration error, not a crash.
     r = measure_in_subprocess(resolve_methods(["ppdm4"], 8)[0], 24, threads=1, saved=False, timeout=900)
     assert "error" in r and "multiple of 16" in r["error"]
+    # ... also where only the deeper net cannot take it; the error row keeps the variant.
+    r = measure_in_subprocess(with_depth(resolve_methods(["ppdm2"], 8)[0], 2), 8, threads=1, saved=False,
+                              timeout=900)
+    assert "multiple of 16" in r["error"] and "at depth 2" in r["error"]
+    assert r["method"] == "ppdm2@d2" and r["depth"] == 2 and r["base_method"] == "ppdm2"
+    with pytest.raises(VoxdiffError, match="accumulate"):
+        measure_in_subprocess(resolve_methods(["ppdm2"], 8)[0], 16, accumulate=0)
+
+
+def _params(method: Method) -> int:
+    return sum(p.numel() for p in method.build().parameters())
+
+
+def test_with_depth_doubles_levels_and_blocks():
+    methods = builtin_methods(8)
+    names = ["patch", "ppdm2", "full3d"] + (["idm"] if invertible_available() else [])
+    for name in names:
+        d1, d2 = with_depth(methods[name], 1), with_depth(methods[name], 2)
+        assert (d1.name, d2.name, d1.depth, d2.family_name) == (f"{name}@d1", f"{name}@d2", 1, name)
+        assert Method.from_dict(json.loads(json.dumps(d2.to_dict()))) == d2
+        nets = [m.build().net.backbone for m in (d1, d2)]
+        assert _params(d2) > _params(d1)
+        bb1, bb2 = d1.model["backbone"], d2.model["backbone"]
+        if name == "full3d":  # MONAI: channel list of 2d entries, last one repeated
+            assert bb1["channels"] == [8, 16] and bb2["channels"] == [8, 16, 16, 16]
+            assert bb2["attention_levels"] == [False] * 4 and bb2["num_res_blocks"] == 2
+            assert [n.required_multiple for n in nets] == [2, 8]
+        elif name == "idm":
+            assert (bb1["levels"], bb1["blocks_per_level"], bb2["levels"], bb2["blocks_per_level"]) == (2, 1, 4, 2)
+            assert [n.levels for n in nets] == [2, 4] and nets[1].widths == [8, 16, 32, 64]
+        else:  # UNet3D
+            assert bb1["channel_mults"] == [1, 2] and bb2["channel_mults"] == [1, 2, 2, 2]
+            assert [n.levels for n in nets] == [2, 4] and bb2["num_res_blocks"] == 2
+    assert methods["ppdm2"].model["backbone"]["channel_mults"] == [1, 2, 2]  # the original is untouched
+    with pytest.raises(VoxdiffError, match=">= 1"):
+        with_depth(methods["ppdm2"], 0)
+
+
+@pytest.mark.skipif(not invertible_available(), reason="invertible backbone not importable")
+def test_idm_stored_is_idm_with_stored_activations():
+    methods = builtin_methods(8)
+    idm, stored = methods["idm"], methods["idm-stored"]
+    assert stored.model["backbone"] == {**idm.model["backbone"], "memory_saving": False}
+    assert _params(stored) == _params(idm)
+    assert _params(with_depth(stored, 2)) == _params(with_depth(idm, 2))
+    assert with_checkpointing(idm) is None  # the invertible net has no checkpointing option
+
+
+def test_expand_methods_and_validation():
+    methods = builtin_methods(8)
+    names = ["ppdm2"] + (["idm"] if invertible_available() else [])
+    out, notes = expand_methods([methods[n] for n in names], depths=[1, 2], precisions=["fp32", "bf16"],
+                                checkpointing=True)
+    got = [(m.name, m.precision) for m in out]
+    assert got[:4] == [("ppdm2@d1", "fp32"), ("ppdm2@d1+ckpt", "fp32"), ("ppdm2@d1", "bf16"), ("ppdm2@d1+ckpt", "bf16")]
+    assert len(got) == 8 + 4 * (len(names) - 1)
+    assert all(m.checkpointing == m.name.endswith("+ckpt") for m in out)
+    assert len(notes) == len(names) - 1 and all("idm" in n for n in notes)
+    plain, _ = expand_methods([methods["ppdm2"]])
+    assert plain == [methods["ppdm2"]]
+    with pytest.raises(VoxdiffError, match="unknown precision"):
+        expand_methods([methods["ppdm2"]], precisions=["fp8"])
+    with pytest.raises(VoxdiffError, match="unknown precision"):
+        with_precision(methods["ppdm2"], "half")
+
+
+def test_worker_accumulation_and_bf16():
+    ppdm2 = resolve_methods(["ppdm2"], 8)[0]
+    r = measure_in_subprocess(ppdm2, 16, base=8, threads=1, accumulate=2, timeout=900)
+    assert "error" not in r, r
+    assert (r["batch"], r["accumulate"], r["samples_per_step"], r["precision"]) == (1, 2, 2, "fp32")
+    assert r["peak_mib"] > 0 and r["grad_mib"] == pytest.approx(r["param_mib"])
+    assert r["optim_state_mib"] == pytest.approx(2 * r["param_mib"])  # AdamW: two moments per parameter
+    r = measure_in_subprocess(with_precision(ppdm2, "bf16"), 16, base=8, threads=1, batch=2, timeout=900)
+    assert "error" not in r, r
+    assert (r["precision"], r["batch"], r["accumulate"], r["samples_per_step"]) == ("bf16", 2, 1, 2)
+    assert r["saved_mib"] > 0
+
+
+def test_checkpointing_saves_less():
+    methods, notes = expand_methods(resolve_methods(["ppdm2", "patch"], 8), checkpointing=True)
+    assert [m.name for m in methods] == ["ppdm2", "ppdm2+ckpt", "patch", "patch+ckpt"] and not notes
+    results = run_memory_benchmark(methods, [32], base=8, threads=1, timeout=900)
+    by = {r["method"]: r for r in results}
+    for name in ("ppdm2", "patch"):
+        plain, ckpt = by[name], by[f"{name}+ckpt"]
+        assert "error" not in plain and "error" not in ckpt, (plain, ckpt)
+        assert ckpt["checkpointing"] and not plain["checkpointing"] and ckpt["base_method"] == name
+        assert ckpt["params"] == plain["params"]
+        assert ckpt["saved_mib"] < plain["saved_mib"]
+
+
+def test_growth_ratios_and_variant_markdown():
+    def row(method, depth, mib, prec="fp32", ckpt=False, batch=1):
+        return {"method": f"{method}@d{depth}" + ("+ckpt" if ckpt else ""), "base_method": method, "depth": depth,
+                "size": 64, "train_size": 64, "params": 1e6 * depth, "peak_mib": mib, "saved_mib": mib / 2,
+                "step_s": 1.0, "precision": prec, "checkpointing": ckpt, "batch": batch, "accumulate": 1}
+
+    results = [row("full3d-sdpa", 1, 100.0), row("full3d-sdpa", 2, 300.0), row("idm", 1, 50.0), row("idm", 2, 52.0),
+               row("idm", 1, 30.0, "bf16"), row("idm", 2, 33.0, "bf16"),
+               {"method": "ppdm2@d2", "base_method": "ppdm2", "depth": 2, "size": 64, "error": "out of memory"}]
+    add_ratios(results)
+    add_growth(results)
+    assert results[1]["growth"] == pytest.approx(3.0) and results[3]["growth"] == pytest.approx(1.04)
+    assert results[3]["params_growth"] == pytest.approx(2.0) and results[5]["growth"] == pytest.approx(1.1)
+    assert results[3]["mem_ratio"] == pytest.approx(52 / 300)  # the reference at the same depth
+    assert "mem_ratio" not in results[5]  # no full3d in bf16
+    md = memory_markdown(results).splitlines()
+    assert md[0].startswith("| method | variant | volume |") and "x d1" in md[0]
+    assert len({ln.count("|") for ln in md}) == 1  # every row has every column
+    assert "| idm@d2 | fp32 | 64^3 |" in md[5] and "| 1.040 |" in md[5] and "| bf16 |" in md[7]
+
+
+def test_cli_depths_json(tmp_path):
+    from typer.testing import CliRunner
+
+    import voxdiff.cli  # noqa: F401  (registers every command)
+    from voxdiff.cli.app import app
+
+    out, md = tmp_path / "depth.json", tmp_path / "depth.md"
+    res = CliRunner().invoke(app, ["bench", "memory", "--methods", "ppdm2", "--depths", "1,2", "--sizes", "16",
+                                   "--base", "8", "--threads", "1", "--timeout", "900", "--json", str(out),
+                                   "--markdown", str(md)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["depths"] == [1, 2] and data["batch"] == 1
+    rows = {r["method"]: r for r in data["results"]}
+    assert set(rows) == {"ppdm2@d1", "ppdm2@d2"}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["ppdm2@d1"]["depth"] == 1 and rows["ppdm2@d1"]["growth"] == pytest.approx(1.0)
+    assert rows["ppdm2@d2"]["growth"] == pytest.approx(rows["ppdm2@d2"]["peak_mib"] / rows["ppdm2@d1"]["peak_mib"])
+    assert rows["ppdm2@d2"]["params"] > rows["ppdm2@d1"]["params"]
+    assert "x d1" in md.read_text().splitlines()[0]
+    for bad, msg in ((["--depths", "0"], "--depths"), (["--precisions", "fp8"], "--precisions"),
+                     (["--accumulate", "0"], "--accumulate"), (["--batch", "0"], "--batch")):
+        res = CliRunner().invoke(app, ["bench", "memory", "--methods", "ppdm2", "--sizes", "16", *bad])
+        assert res.exit_code != 0 and isinstance(res.exception, VoxdiffError) and msg in str(res.exception)
 
 
 def test_sampling_plan_and_timing():

@@ -11,9 +11,13 @@
 * ``ppdm2`` / ``ppdm4``: PPDM (pixel puzzle r = 2 / 4 + bridge + puzzle-gradient loss) at the
   same base width; ``ppdm4w`` widens the backbone to ``r^3 x`` its input channels (128);
   ``-nograd`` variants drop the puzzle-gradient loss; ``ppdm2-inv`` / ``idm`` use the
-  invertible backbone (listed only when :mod:`voxdiff.nets.invertible` imports).
+  invertible backbone (listed only when :mod:`voxdiff.nets.invertible` imports);
+  ``idm-stored`` is exactly the ``idm`` network with ``memory_saving: False`` (standard
+  backprop storing activations: a standard UNet of equal parameters).
 
 All share ``base`` (the first level's width) and a three-level encoder (widths ``b, 2b, 2b``).
+Variants for the studies: :func:`with_depth` (``levels = 2 d``, ``d`` blocks per level),
+:func:`with_checkpointing`, :func:`with_precision`; :func:`expand_methods` combines them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ class Method:
 
     ``crop_fraction`` is the training crop edge relative to the volume edge (PatchDDM trains on
     patches); ``samplers`` maps a sampler name to ``(steps, eta)`` used by the sampling benchmark;
-    ``puzzle_factor`` is 1 for non-puzzled methods.
+    ``puzzle_factor`` is 1 for non-puzzled methods. ``depth`` is set by :func:`with_depth` and
+    ``family`` names the method a variant derives from (growth and ratios match on it).
     """
 
     name: str
@@ -48,17 +53,30 @@ class Method:
     samplers: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     precision: str = "fp32"
     sdpa_attention: bool = False
+    depth: int | None = None
+    family: str | None = None
 
     @property
     def puzzle_factor(self) -> int:
         """The method's puzzle factor (1 when not puzzled)."""
         return int(self.model.get("puzzle_factor", 1))
 
+    @property
+    def family_name(self) -> str:
+        """The method this one is a variant of (its own name when it is no variant)."""
+        return self.family or self.name
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the backbone recomputes activations in backward (``gradient_checkpointing``)."""
+        return bool(self.model.get("backbone", {}).get("gradient_checkpointing", False))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, to pass a method to a worker subprocess."""
         return {"name": self.name, "task": self.task, "model": self.model, "description": self.description,
                 "crop_fraction": self.crop_fraction, "samplers": {k: list(v) for k, v in self.samplers.items()},
-                "precision": self.precision, "sdpa_attention": self.sdpa_attention}
+                "precision": self.precision, "sdpa_attention": self.sdpa_attention, "depth": self.depth,
+                "family": self.family}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Method":
@@ -66,7 +84,8 @@ class Method:
         samplers = {k: (int(v[0]), None if v[1] is None else float(v[1])) for k, v in data.get("samplers", {}).items()}
         return cls(data["name"], data["task"], copy.deepcopy(data["model"]), data.get("description", ""),
                    float(data.get("crop_fraction", 1.0)), samplers, data.get("precision", "fp32"),
-                   bool(data.get("sdpa_attention", False)))
+                   bool(data.get("sdpa_attention", False)),
+                   None if data.get("depth") is None else int(data["depth"]), data.get("family"))
 
     def build(self):
         """The task, built as training builds it (plus the method's attention switch)."""
@@ -170,6 +189,11 @@ def builtin_methods(base: int = 32) -> dict[str, Method]:
         out["idm"] = Method("idm", "translation_ddpm", idm,
                             f"conditional DDPM, invertible UNet base {base}, whole volume (IDM-style)",
                             samplers=dict(_DDPM_SAMPLERS))
+        stored = copy.deepcopy(idm)
+        stored["backbone"]["memory_saving"] = False
+        out["idm-stored"] = Method("idm-stored", "translation_ddpm", stored,
+                                   f"idm's network with stored activations (standard backprop), base {base}",
+                                   samplers=dict(_DDPM_SAMPLERS))
     return out
 
 
@@ -182,10 +206,111 @@ def resolve_methods(names: list[str] | tuple[str, ...], base: int = 32) -> list[
     out = []
     for name in names:
         if name not in known:
-            hint = " (the invertible backbone does not import here)" if name in ("ppdm2-inv", "idm") else ""
+            hint = (" (the invertible backbone does not import here)"
+                    if name in ("ppdm2-inv", "idm", "idm-stored") else "")
             raise VoxdiffError(f"unknown benchmark method '{name}'{hint}; known: {', '.join(known)}")
         out.append(known[name])
     return out
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _variant(method: Method, name: str, model: dict[str, Any], **changes: Any) -> Method:
+    data = method.to_dict()
+    data.update(name=name, model=model, family=method.family_name, **changes)
+    return Method.from_dict(data)
+
+
+def _deepen(values: list, n: int, fill: Any) -> list:
+    """``values`` cut or padded (with ``fill``) to length ``n``."""
+    return list(values[:n]) + [fill] * max(0, n - len(values))
+
+
+def with_depth(method: Method, depth: int) -> Method:
+    """``method`` with its backbone rebuilt at depth multiplier ``depth`` (named ``NAME@dD``).
+
+    Depth ``d`` means ``2 d`` resolution levels and ``d`` blocks per level: a 2-level, 1-block
+    net at ``d = 1``, both doubled at ``d = 2``. Per backbone kind: ``invertible`` sets
+    ``levels`` / ``blocks_per_level`` (widths then follow the invertible-downsampling rule);
+    ``unet`` cuts or extends ``channel_mults`` to ``2 d`` entries by repeating the last one (so
+    widths stay bounded) and sets ``num_res_blocks = d``; ``monai`` does the same to
+    ``channels`` (``attention_levels`` extended with False). Attention levels past the new
+    depth are dropped. The spatial multiple the net needs is then ``2 ** (2 d - 1)`` (times the
+    puzzle factor).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise VoxdiffError(f"depth multiplier must be an integer >= 1, got {depth!r}")
+    if method.depth is not None:
+        raise VoxdiffError(f"{method.name} already has depth {method.depth}")
+    model = copy.deepcopy(method.model)
+    bb = model.get("backbone", {})
+    kind, levels = bb.get("kind", "unet"), 2 * depth
+    if kind == "invertible":
+        bb["levels"], bb["blocks_per_level"] = levels, depth
+        if "attention_levels" in bb:
+            bb["attention_levels"] = [a for a in bb["attention_levels"] if int(a) < levels]
+    elif kind == "unet":
+        mults = list(bb.get("channel_mults", (1, 2, 4)))  # UNet3D's default
+        bb["channel_mults"] = _deepen(mults, levels, mults[-1])
+        bb["num_res_blocks"] = depth
+        bb["attention_levels"] = [a for a in bb.get("attention_levels", []) if int(a) < levels]
+    elif kind == "monai":
+        chans = list(bb.get("channels", (32, 64, 64)))  # MonaiDiffusionUNet's default
+        attn = list(bb.get("attention_levels", ())) or [False] * len(chans)
+        bb["channels"] = _deepen(chans, levels, chans[-1])
+        bb["attention_levels"] = _deepen(attn, levels, False)
+        bb["num_res_blocks"] = depth
+    else:
+        raise VoxdiffError(f"{method.name}: no depth rule for backbone kind {kind!r}")
+    model["backbone"] = bb
+    return _variant(method, f"{method.name}@d{depth}", model, depth=depth)
+
+
+def with_checkpointing(method: Method) -> Method | None:
+    """``method`` with ``gradient_checkpointing: true`` (named ``NAME+ckpt``); None where the
+    backbone has no such option (the invertible one recomputes by inversion instead)."""
+    model = copy.deepcopy(method.model)
+    bb = model.get("backbone", {})
+    if bb.get("kind", "unet") not in ("unet", "monai"):
+        return None
+    bb["gradient_checkpointing"] = True
+    model["backbone"] = bb
+    return _variant(method, f"{method.name}+ckpt", model)
+
+
+def with_precision(method: Method, precision: str) -> Method:
+    """``method`` trained under ``precision`` (fp32, bf16 or fp16 autocast, as the trainer does)."""
+    if precision not in PRECISIONS:
+        raise VoxdiffError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return _variant(method, method.name, copy.deepcopy(method.model), precision=precision)
+
+
+def expand_methods(methods: list[Method], *, depths: list[int] | None = None, precisions: list[str] | None = None,
+                   checkpointing: bool = False) -> tuple[list[Method], list[str]]:
+    """Every method x depth x precision (x with / without checkpointing), grouped per method.
+
+    ``None`` / ``False`` leaves that axis as the methods have it. Returns the variants and
+    notes about skipped ones (checkpointing asked for a backbone without the option).
+    """
+    for p in precisions or []:
+        if p not in PRECISIONS:
+            raise VoxdiffError(f"unknown precision {p!r}; use one of {', '.join(PRECISIONS)}")
+    out, notes = [], []
+    for m in methods:
+        for d in depths or [None]:
+            md = m if d is None else with_depth(m, d)
+            for p in precisions or [None]:
+                mp = md if p is None else with_precision(md, p)
+                out.append(mp)
+                if checkpointing and not mp.checkpointing:
+                    ck = with_checkpointing(mp)
+                    if ck is not None:
+                        out.append(ck)
+        if checkpointing and with_checkpointing(m) is None:
+            kind = m.model.get("backbone", {}).get("kind", "unet")
+            notes.append(f"{m.name}: no +ckpt variant (backbone '{kind}' has no gradient_checkpointing option)")
+    return out, notes
 
 
 def method_from_config(path: str, overrides: list[str] | None = None) -> Method:

@@ -74,8 +74,8 @@ def _write_json(path: Path, payload: dict) -> None:
 @bench_app.command("memory")
 def memory(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: full3d, full3d-sdpa, patch, "
-                                          "ppdm2, ppdm4, ppdm4w, ppdm2-nograd, ppdm4-nograd, ppdm2-inv, idm "
-                                          "[default: full3d,patch,ppdm2,ppdm4, or none with --config]."),
+                                          "ppdm2, ppdm4, ppdm4w, ppdm2-nograd, ppdm4-nograd, ppdm2-inv, idm, "
+                                          "idm-stored (default: full3d,patch,ppdm2,ppdm4, or none with --config)."),
     sizes: str = typer.Option("64,96,128", "--sizes", help="Cubic volume edges, comma-separated."),
     base: int = typer.Option(32, "--base", help="Base width (first level's channels) of every built-in method."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -86,27 +86,54 @@ def memory(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up on one configuration after this many seconds."),
     mem_limit: Optional[float] = typer.Option(None, "--mem-limit-gib", help="CPU: fail a configuration that needs "
                                               "more than this many GiB instead of risking the OOM killer."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Depth study, e.g. 1,2: rebuild every backbone with "
+                                         "2d levels and d blocks per level (rows NAME@dD, growth vs d=1) "
+                                         "(default: the methods as they are)."),
+    precisions: Optional[str] = typer.Option(None, "--precisions", help="Comma-separated autocast precisions: "
+                                             "fp32, bf16, fp16 (default: each method's own, fp32 for built-ins)."),
+    checkpointing: bool = typer.Option(False, "--checkpointing", help="Also measure every unet/monai-backbone "
+                                       "method with gradient_checkpointing (rows NAME+ckpt)."),
+    batch: int = typer.Option(1, "--batch", help="Crops per micro-batch."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step (grad accumulation)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory and step time vs size (log scales)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown (for BENCHMARKS.md)."),
 ) -> None:
     """Peak memory and time of ONE training step (forward, backward, AdamW) per method and size.
 
-    Each configuration runs in a fresh process, batch 1, random data, after one warm-up step.
+    Each configuration runs in a fresh process, batch 1 (see --batch, --accumulate), random data,
+    after one warm-up step.
     Memory is measured above the resident model and batch: peak RSS on CPU, max_memory_allocated
     on CUDA. The patch method trains on crops of half the volume edge (as PatchDDM does).
 
     Example: [cyan]voxdiff bench memory --methods full3d,patch,ppdm2,ppdm4 --sizes 64,96,128 --json mem.json --plot mem.png[/]
 
     Example: [cyan]voxdiff bench memory --config my.yaml --sizes 96[/]
+
+    Example (depth study): [cyan]voxdiff bench memory --methods idm,idm-stored --depths 1,2 --sizes 96[/]
+
+    Example (training options): [cyan]voxdiff bench memory --methods ppdm2 --precisions fp32,bf16 --checkpointing[/]
     """
-    from voxdiff.bench.memory import add_ratios, memory_markdown, plot_memory, run_memory_benchmark
+    from voxdiff.bench.memory import add_growth, add_ratios, memory_markdown, plot_memory, run_memory_benchmark
+    from voxdiff.bench.methods import PRECISIONS, expand_methods
 
     size_list = _int_list(sizes, "--sizes")
     if repeats < 1:
         raise VoxdiffError(f"--repeats must be >= 1, got {repeats}")
     if base < 1:
         raise VoxdiffError(f"--base must be >= 1, got {base}")
+    if batch < 1:
+        raise VoxdiffError(f"--batch must be >= 1 (crops per micro-batch), got {batch}")
+    if accumulate < 1:
+        raise VoxdiffError(f"--accumulate must be >= 1 (micro-batches per optimizer step), got {accumulate}")
+    depth_list = None if depths is None else _int_list(depths, "--depths")
+    precision_list = None
+    if precisions is not None:
+        precision_list = _names(precisions)
+        bad = [p for p in precision_list if p not in PRECISIONS]
+        if bad or not precision_list:
+            raise VoxdiffError(f"--precisions '{precisions}': use a comma-separated subset of "
+                               f"{', '.join(PRECISIONS)}")
     device = _check_device(device)
     for path in (json_out, plot, markdown):
         if path is not None:
@@ -114,23 +141,36 @@ def memory(
 
             check_writable_dir(path)
     chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
-    console.print(f"[bold]bench memory[/]: {len(chosen)} method(s) x {len(size_list)} size(s) on {device}, "
+    chosen, notes = expand_methods(chosen, depths=depth_list, precisions=precision_list, checkpointing=checkpointing)
+    for note in notes:
+        console.print(f"[yellow]note[/]: {note}", highlight=False)
+    if not chosen:
+        raise VoxdiffError("nothing to benchmark after expanding the variants")
+    console.print(f"[bold]bench memory[/]: {len(chosen)} configuration(s) x {len(size_list)} size(s) on {device}, "
                   "one fresh process each")
 
     def report(r: dict) -> None:
+        from voxdiff.bench.memory import variant_label
+
+        label = r["method"] if variant_label(r) == "fp32" else f"{r['method']} ({variant_label(r)})"
         if "error" in r:
-            console.print(f"  {r['method']} @ {r['size']}^3: [red]failed[/] ({r['error']})", highlight=False)
+            console.print(f"  {label} @ {r['size']}^3: [red]failed[/] ({r['error']})", highlight=False)
         else:
-            console.print(f"  {r['method']} @ {r['size']}^3: {r['peak_mib']:.0f} MiB, {r['step_s']:.2f} s/step",
+            console.print(f"  {label} @ {r['size']}^3: {r['peak_mib']:.0f} MiB, {r['step_s']:.2f} s/step",
                           highlight=False)
 
     results = run_memory_benchmark(chosen, size_list, base=base, device=device, repeats=repeats,
-                                   threads=threads, timeout=timeout, mem_limit_gib=mem_limit, on_result=report)
+                                   threads=threads, timeout=timeout, mem_limit_gib=mem_limit, batch=batch,
+                                   accumulate=accumulate, on_result=report)
     add_ratios(results)
+    add_growth(results)
     console.print(memory_table(results))
+    # Variants share a name across precisions: key the method table by name and precision.
     payload = {"benchmark": "memory", "environment": _environment(), "device": device, "base": base,
                "sizes": size_list, "repeats": repeats, "threads": threads, "mem_limit_gib": mem_limit,
-               "methods": {m.name: m.to_dict() for m in chosen},
+               "depths": depth_list, "precisions": precision_list, "checkpointing": checkpointing,
+               "batch": batch, "accumulate": accumulate, "notes": notes,
+               "methods": {_method_key(m, precision_list): m.to_dict() for m in chosen},
                "results": results}
     if json_out is not None:
         _write_json(json_out, payload)
@@ -138,7 +178,10 @@ def memory(
     if markdown is not None:
         from voxdiff.io import atomic_write_text
 
-        atomic_write_text(markdown, memory_markdown(results) + "\n")
+        text = memory_markdown(results) + "\n"
+        if notes:
+            text += "\n" + "\n".join(f"Note: {n}." for n in notes) + "\n"
+        atomic_write_text(markdown, text)
         console.print(f"wrote {markdown}")
     if plot is not None:
         if any("error" not in r for r in results):
@@ -148,22 +191,36 @@ def memory(
             console.print("[yellow]no successful measurement: plot not written[/]")
 
 
+def _method_key(method, precisions: list[str] | None) -> str:
+    return method.name if precisions is None else f"{method.name} [{method.precision}]"
+
+
 def memory_table(results: list[dict]) -> Table:
-    """Rich table of memory-benchmark results."""
-    t = Table(title="one training step, batch 1: peak MiB above model + batch, ratios to full3d")
+    """Rich table of memory-benchmark results (variant and x d1 columns only when used)."""
+    from voxdiff.bench.memory import _has_variants, variant_label
+
+    variants = _has_variants(results)
+    depths = any(r.get("depth") is not None for r in results)
+    batch = "batch 1" if not variants else "per training setting"
+    t = Table(title=f"one training step, {batch}: peak MiB above model + batch, ratios to full3d")
     t.add_column("method", no_wrap=True)
-    for col in ("volume", "crop", "params", "MiB", "/full3d", "saved", "s/step", "/full3d "):
+    if variants:
+        t.add_column("variant", no_wrap=True)
+    cols = ["volume", "crop", "params", "MiB"] + (["x d1"] if depths else []) + ["/full3d", "saved", "s/step",
+                                                                                 "/full3d "]
+    for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
     for r in results:
+        lead = [r["method"]] + ([variant_label(r)] if variants else []) + [f"{r['size']}^3"]
         if "error" in r:
-            t.add_row(r["method"], f"{r['size']}^3", "", "", "[red]failed[/]", "", "", "", "")
+            t.add_row(*lead, "", "", "[red]failed[/]", *[""] * (len(cols) - 4))
             continue
         star = "*" if r.get("ratio_to", "full3d") != "full3d" else ""
-        t.add_row(r["method"], f"{r['size']}^3", f"{r['train_size']}^3", f"{r['params'] / 1e6:.2f}M",
-                  _fmt(r["peak_mib"], ".0f"), _fmt(r.get("mem_ratio"), ".3f") + star,
+        t.add_row(*lead, f"{r['train_size']}^3", f"{r['params'] / 1e6:.2f}M", _fmt(r["peak_mib"], ".0f"),
+                  *([_fmt(r.get("growth"), ".3f")] if depths else []), _fmt(r.get("mem_ratio"), ".3f") + star,
                   _fmt(r.get("saved_mib"), ".0f"), _fmt(r["step_s"], ".2f"), _fmt(r.get("time_ratio"), ".2f") + star)
     if any(r.get("ratio_to", "full3d") != "full3d" for r in results if "error" not in r):
-        t.caption = "* ratio to full3d-sdpa: full3d failed at that size"
+        t.caption = "* ratio to full3d-sdpa: full3d not measured or failed in that setting"
     return t
 
 
