@@ -52,6 +52,16 @@ def load_model(spec: str | Path, *, task: str | None = None, use_ema: bool = Tru
     return model.to(device).eval(), ckpt
 
 
+def inference_steps(task: Task, ckpt: dict, steps: int | None) -> int:
+    """Sampling steps: ``steps`` or the checkpoint's ``inference.steps``, checked against the model's ``T``."""
+    k = int(ckpt["config"]["inference"]["steps"] if steps is None else steps)
+    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
+    if k < 1 or (n_t and k > n_t):
+        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
+                           else f"--steps must be >= 1, got {k}")
+    return k
+
+
 def inference_normalizers(ckpt: dict, volumes: dict[str, "np.ndarray"], output_role: str | None) -> dict:
     """Normalisers for one case at inference: inputs fitted as in training, the output's from them.
 

@@ -19,7 +19,7 @@ def sample_volumes(model: str | Path, output: Path, *, steps: Optional[int] = No
     from voxdiff.errors import VoxdiffError
     from voxdiff.intensity import normalizer_from_dict
     from voxdiff.io import check_writable_dir, save_volume
-    from voxdiff.models import load_model
+    from voxdiff.models import inference_steps, load_model
     from voxdiff.tasks.inference import crop_back, _pad_amounts
 
     paths = [Path(str(output).replace("{i}", str(i))) for i in range(count)]
@@ -35,11 +35,7 @@ def sample_volumes(model: str | Path, output: Path, *, steps: Optional[int] = No
     affine = np.asarray(geo["affine"], dtype=np.float64)
     pads = _pad_amounts(shape, task.required_multiple)
     padded = tuple(s + a + b for s, (a, b) in zip(shape, pads))
-    k = int(ckpt["config"]["inference"]["steps"] if steps is None else steps)
-    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
-    if k < 1 or (n_t and k > n_t):
-        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
-                           else f"--steps must be >= 1, got {k}")
+    k = inference_steps(task, ckpt, steps)
     norm_d = (ckpt.get("dataset_normalizers") or {}).get(task.output_role)
     norm = normalizer_from_dict(norm_d) if norm_d else None
     g = torch.Generator().manual_seed(int(seed))

@@ -10,7 +10,6 @@ uncertainty map. ``--mode vanilla`` samples from pure noise instead (all ``T`` s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -275,13 +274,13 @@ def segment(
     """
     from voxdiff.cases import plan_cases, prepare_output_folders, resolve_part, run_cases
     from voxdiff.models import load_model
-    from voxdiff.train.distributed import pick_device
+    from voxdiff.train.distributed import rank_device
 
     check_segment_options(mode, uncertainty_kind, preseg, preseg_model, samples)
     part = resolve_part(part_id, num_parts)
     jobs, folder_mode = plan_cases(input, {"output": output, "uncertainty": uncertainty, "probs": probs},
                                    extra_inputs={"preseg": preseg}, output_suffix={"probs": ".nii.gz"})
-    dev = str(pick_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    dev = str(rank_device(device))
     kwargs = dict(preseg_model=preseg_model, start_step=start_step, steps=steps, samples=samples,
                   uncertainty_kind=uncertainty_kind, seed=seed, mode=mode, eta=eta, device=dev, sw_roi=sw_roi)
 

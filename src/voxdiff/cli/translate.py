@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +29,7 @@ def translate_volume(model: str | Path | tuple, input_path: Path, output: Path, 
     """
     from voxdiff.io import check_writable_dir, load_volume, save_volume
     from voxdiff.io.atomic import all_or_nothing
-    from voxdiff.models import inference_normalizers, load_model
+    from voxdiff.models import inference_normalizers, inference_steps, load_model
     from voxdiff.tasks.inference import predict_volume
 
     check_writable_dir(output)
@@ -43,11 +42,7 @@ def translate_volume(model: str | Path | tuple, input_path: Path, output: Path, 
     norms = inference_normalizers(ckpt, {"source": vol}, "target")
     src_norm, tgt_norm = norms["source"], norms["target"]
     x = torch.as_tensor(np.asarray(src_norm.forward(vol.array), dtype=np.float32))[None, None].to(device)
-    k = int(inf["steps"] if steps is None else steps)
-    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
-    if k < 1 or (n_t and k > n_t):
-        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
-                           else f"--steps must be >= 1, got {k}")
+    k = inference_steps(task, ckpt, steps)
     g = torch.Generator().manual_seed(int(seed))
     eta_v = (0.3 if samples > 1 else inf.get("eta")) if eta is None else eta
 
@@ -103,12 +98,12 @@ def translate(
     """
     from voxdiff.cases import plan_cases, prepare_output_folders, resolve_part, run_cases
     from voxdiff.models import load_model
-    from voxdiff.train.distributed import pick_device
+    from voxdiff.train.distributed import rank_device
 
     check_translate_options(samples, uncertainty)
     part = resolve_part(part_id, num_parts)
     jobs, folder_mode = plan_cases(input, {"output": output, "uncertainty": uncertainty})
-    dev = str(pick_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    dev = str(rank_device(device))
     kwargs = dict(steps=steps, samples=samples, seed=seed, eta=eta, device=dev, sw_roi=sw_roi)
     if not folder_mode and part.count == 1:
         res = translate_volume(model, input, output, uncertainty=uncertainty, **kwargs)

@@ -39,6 +39,11 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
+def rank_device(requested: str = "auto") -> torch.device:
+    """:func:`pick_device` for this process's ``LOCAL_RANK`` (0 when not under torchrun)."""
+    return pick_device(requested, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init_distributed(requested_device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, NCCL on GPU), if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
