@@ -35,11 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxdiff.cli.segment import run_pdddpm, run_preseg
 from voxdiff.data import check_label_values, load_manifest
 from voxdiff.diffusion.masks import auroc
 from voxdiff.io import atomic_write_text, load_volume
-from voxdiff.models import load_model
+from voxdiff.pipelines import load_pipeline
 
 try:
     from voxdiff.metrics import segmentation_metrics
@@ -173,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="respaced steps from pure noise (0 or none to skip)")
     ap.add_argument("--eta", type=float, default=None, help="sampler eta (default: the checkpoint's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler", default=None, help="sampler of the PD-DDPM/vanilla runs (default: the model's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    seg_task, seg_ckpt = load_model(args.seg, task="segmentation", device=args.device)
-    pre_task, pre_ckpt = load_model(args.preseg, task="preseg", device=args.device)
+    pre_pipe = load_pipeline(args.preseg, task="preseg", device=args.device)
+    seg_pipe = load_pipeline(args.seg, task="segmentation", device=args.device)
+    seg_task, seg_ckpt = seg_pipe.task, seg_pipe.checkpoint
+    pre_task, pre_ckpt = pre_pipe.task, pre_pipe.checkpoint
     num_classes = int(seg_task.data_channels)
     if int(pre_task.num_classes) != num_classes:
         print(f"error: preseg has {pre_task.num_classes} classes, PD-DDPM {num_classes}", file=sys.stderr)
@@ -209,19 +211,21 @@ def main(argv: list[str] | None = None) -> int:
         ref = check_label_values(load_volume(case.path("label"), role="label"), str(case.path("label"))).astype(np.int64)
         spacing = vol.spacing
         t0 = time.time()
-        pre = run_preseg(pre_task, pre_ckpt, vol, device=args.device)
-        pre_labels = pre["labels"][0, 0].cpu().numpy()
+        pre = pre_pipe(vol)
+        pre_labels = pre["labels"].array
         rows.append({"case": case.id, **_row("preseg", pre_labels, ref, classes, spacing, names,
                                              {"start_step": None, "steps": 0, "samples": 1, "nfe": 1,
-                                              "seconds": time.time() - t0}, {"entropy": pre["entropy"]})})
+                                              "seconds": time.time() - t0},
+                                             {"entropy": torch.as_tensor(pre["entropy"].array)[None, None]})})
         runs = [("pd", t, k) for t, k in grid] + [("vanilla", None, k) for k in (args.vanilla_steps or []) if k > 0]
         for mode, t_start, k in runs:
             t0 = time.time()
-            out, info = run_pdddpm(seg_task, seg_ckpt, vol, start_labels=pre_labels if mode == "pd" else None,
-                                   mode=mode, start_step=t_start, steps=k, samples=args.samples, seed=args.seed,
-                                   eta=args.eta, device=args.device)
-            pred = out["labels"][0, 0].cpu().numpy()
-            maps = {"entropy": out["entropy"], "mutual_information": out["mutual_information"]}
+            out = seg_pipe(vol, start=(pre["labels"] if mode == "pd" else None), mode=mode, start_step=t_start,
+                           steps=k, samples=args.samples, seed=args.seed, eta=args.eta, sampler=args.sampler)
+            info = out.info
+            pred = out["labels"].array
+            maps = {name: torch.as_tensor(out[name].array)[None, None]
+                    for name in ("entropy", "mutual_information") if name in out}
             label = f"pd t'={t_start} K={k}" if mode == "pd" else f"vanilla K={k} (noise)"
             rows.append({"case": case.id, **_row(label, pred, ref, classes, spacing, names,
                                                  {"start_step": t_start, "steps": k, "samples": args.samples,

@@ -40,7 +40,7 @@ from voxdiff.intensity import normalizer_from_dict
 from voxdiff.io import atomic_write_text, load_volume, save_volume
 from voxdiff.models import load_model
 from voxdiff.ops.resample import downsample_volume
-from voxdiff.tasks.inference import _pad_amounts, crop_back
+from voxdiff.ops.puzzle import crop_to, pad_spec
 
 
 def otsu(x: np.ndarray, bins: int = 256) -> float:
@@ -229,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     real_train_all = [real_volume(t1 / f"{c}.nii.gz", factor, ckpt, role, shape, geo["affine"]) for c in train_ids]
     real_train = [real_train_all[train_ids.index(c)] for c in train_show]
 
-    pads = _pad_amounts(shape, task.required_multiple)
+    pads = pad_spec(shape, task.required_multiple)
     padded = tuple(s + a + b for s, (a, b) in zip(shape, pads))
     g = torch.Generator().manual_seed(args.seed)
     synth, t0 = [], time.perf_counter()
     with torch.no_grad():
         for i in range(args.samples):
             o = task.predict({}, steps=args.steps, generator=g, eta=args.eta, shape=(1, 1, *padded))
-            v = crop_back(o["output"], pads)[0, 0].float().numpy()
+            v = crop_to(o["output"], pads)[0, 0].float().numpy()
             synth.append(v)
             save_volume(np.asarray(v if norm is None else norm.inverse(v), dtype=np.float32), out / f"sample_{i}.nii.gz",
                         affine=np.asarray(geo["affine"]))

@@ -24,7 +24,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation; returns the summary dict (also written as JSON + markdown)."""
-    from voxdiff.cli.translate import translate_volume
+    from voxdiff.pipelines import load_pipeline
     from voxdiff.data import load_manifest
     from voxdiff.io import load_volume
     from voxdiff.losses import seam_metric
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", required=True, help="output folder (predictions, JSON, markdown)")
     args = ap.parse_args(argv)
 
-    ckpt = load_checkpoint(args.model)
+    pipe = load_pipeline(args.model)
+    ckpt = pipe.checkpoint
     ids = args.cases.split(",") if args.cases else list(ckpt["split"]["val"])
     if args.limit:
         ids = ids[: args.limit]
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         src_path, tgt_path = case.paths[args.source_col], case.paths[args.target_col]
         pred_path = out_dir / f"{cid}_pred.nii.gz"
         t0 = time.time()
-        translate_volume(args.model, src_path, pred_path, steps=args.steps, show_progress=False)
+        pipe(src_path, steps=args.steps).save({"output": pred_path})
         seconds = time.time() - t0
         src, tgt, pred = load_volume(src_path), load_volume(tgt_path), load_volume(pred_path)
         mask = (load_volume(case.paths[args.mask_col]).array > 0) if args.mask_col in case.paths else tgt.array != 0

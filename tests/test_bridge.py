@@ -1,4 +1,4 @@
-"""Direct bridge process: marginals, objectives and samplers."""
+"""Direct bridge process and its sampler: marginals, objectives and sampling."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from voxdiff.diffusion import BridgeProcess, sample_loop
+from voxdiff.diffusion.samplers import build_sampler
 from voxdiff.errors import VoxdiffError
 
 SHAPE = (2, 1, 4, 4, 4)
@@ -111,14 +112,15 @@ def test_stochastic_sampling_final_and_seeded():
 
 def test_stochastic_step_matches_posterior_variance():
     proc = BridgeProcess(num_train_timesteps=10, noise_scale=1.0)
-    proc.set_timesteps(5)
+    sampler = build_sampler("bridge", proc, eta=1.0)
+    sampler.set_timesteps(5)
     n = 20000
     x0 = torch.zeros(n, 1, 1, 1, 1)
     y = torch.ones(n, 1, 1, 1, 1)
     g = torch.Generator().manual_seed(0)
     t = 6
     xt = proc.add_noise(x0, torch.randn(x0.shape, generator=g), torch.full((n,), t), source=y)
-    out = proc.step(x0, t, xt, generator=g, source=y, eta=1.0).prev_sample
+    out = sampler.step(x0, t, xt, generator=g, source=y).prev_sample
     # With the true x0 and eta=1 the step samples q(x_s | x_t, x0); marginalising x_t gives q(x_s | x0).
     s = 4
     assert abs(out.mean().item() - proc.m[s].item()) < 0.02
@@ -126,7 +128,7 @@ def test_stochastic_step_matches_posterior_variance():
 
 
 def test_timesteps_and_initial_state():
-    proc = BridgeProcess(num_train_timesteps=1000)
+    proc = build_sampler(None, BridgeProcess(num_train_timesteps=1000))
     proc.set_timesteps(4)
     assert proc.timesteps.tolist() == [1000, 750, 500, 250]
     proc.set_timesteps(3, start_step=300)
@@ -142,7 +144,7 @@ def test_timesteps_and_initial_state():
     g = torch.Generator().manual_seed(0)
     s0 = proc.initial_state(SHAPE, source=y, start=x0, generator=g)
     g = torch.Generator().manual_seed(0)
-    expect = proc.add_noise(x0, torch.randn(SHAPE, generator=g), torch.full((2,), 500), source=y)
+    expect = proc.process.add_noise(x0, torch.randn(SHAPE, generator=g), torch.full((2,), 500), source=y)
     torch.testing.assert_close(s0, expect)
     with pytest.raises(VoxdiffError, match="source"):
         proc.initial_state(SHAPE)

@@ -1,4 +1,4 @@
-"""DDPMProcess: forward process, targets, respaced DDIM/DDPM sampling, and agreement with MONAI."""
+"""DDPMProcess and its DDIM/DDPM samplers: forward process, targets, respaced sampling, agreement with MONAI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from voxdiff.diffusion import DDPMProcess, sample_loop
 from voxdiff.diffusion.base import NoiseProcess
+from voxdiff.diffusion.samplers import build_sampler
 from voxdiff.errors import VoxdiffError
 
 SHAPE = (2, 1, 8, 8, 8)
@@ -43,7 +44,9 @@ def test_is_noise_process_and_config_roundtrip():
     q = DDPMProcess(**p.config())
     assert q.config() == p.config()
     assert torch.equal(q.alphas_cumprod, p.alphas_cumprod)
-    assert p.eta == 0.0 and DDPMProcess().eta == 1.0 and DDPMProcess(eta=0.3).eta == 0.3
+    # The checkpoint's sampler and eta are the defaults of build_sampler(None, process).
+    assert build_sampler(None, p).eta == 0.0 and build_sampler(None, DDPMProcess()).eta == 1.0
+    assert build_sampler(None, DDPMProcess(eta=0.3)).eta == 0.3
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
@@ -64,7 +67,7 @@ def test_bad_options_raise():
         DDPMProcess(prediction_type="residual")
     with pytest.raises(VoxdiffError):
         DDPMProcess(sampler="euler")
-    p = DDPMProcess(100)
+    p = build_sampler(None, DDPMProcess(100))
     with pytest.raises(VoxdiffError):
         p.set_timesteps(101)
     with pytest.raises(VoxdiffError):
@@ -119,7 +122,7 @@ def test_targets_roundtrip_through_predict_x0(ptype):
 
 
 def test_set_timesteps_full_respaced_and_start_step():
-    p = DDPMProcess(1000)
+    p = build_sampler(None, DDPMProcess(1000))
     p.set_timesteps(1000)
     assert torch.equal(p.timesteps, torch.arange(999, -1, -1))
     p.set_timesteps(10)
@@ -145,7 +148,9 @@ def test_perfect_predictor_ddim_from_noise_recovers_x0(ptype, k):
     calls: list[int] = []
     out = sample_loop(_perfect(p, x0, calls), p, SHAPE, steps=k, generator=torch.Generator().manual_seed(0))
     assert len(calls) == k
-    assert calls == p.timesteps.tolist() and calls[0] == 999
+    sampler = build_sampler(None, p)
+    sampler.set_timesteps(k)
+    assert calls == sampler.timesteps.tolist() and calls[0] == 999
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
@@ -182,18 +187,18 @@ def test_full_chain_eta1_recovers_x0():
 
 
 def test_initial_state_from_start_is_forward_diffusion():
-    p = DDPMProcess()
+    p = build_sampler(None, DDPMProcess())
     p.set_timesteps(5, start_step=600)
     start = _x0(8, (1, 1, 16, 16, 16))
     shape = (3, 1, 16, 16, 16)
     g = torch.Generator().manual_seed(11)
     x = p.initial_state(shape, start=start, generator=g)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(11))
-    a = p.alphas_cumprod[600].float()
+    a = p.process.alphas_cumprod[600].float()
     torch.testing.assert_close(x, a.sqrt() * start + (1 - a).sqrt() * noise)
     pure = p.initial_state(shape, generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(pure, noise)
-    with pytest.raises(ValueError):
+    with pytest.raises(VoxdiffError):
         p.initial_state(shape, start=torch.zeros(2, 1, 4, 4, 4))
 
 
@@ -218,20 +223,28 @@ def test_seed_reproducibility(sampler):
 
 
 def test_eta_override_and_clipping():
-    p = DDPMProcess(sampler="ddim", prediction_type="x0")
+    proc = DDPMProcess(sampler="ddim", prediction_type="x0")
+    p = build_sampler(None, proc)
     p.set_timesteps(4)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     big = torch.full(SHAPE, 3.0)
     out = p.step(big, 999, x)
     assert float(out.pred_x0.max()) == 1.0  # clipped to clip_range
-    d1 = p.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(0), eta=0.0).prev_sample
-    d2 = p.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(1), eta=0.0).prev_sample
-    s1 = p.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(0), eta=1.0).prev_sample
-    s2 = p.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(1), eta=1.0).prev_sample
+    det, sto = build_sampler(None, proc, eta=0.0), build_sampler(None, proc, eta=1.0)
+    for s in (det, sto):
+        s.set_timesteps(4)
+    d1 = det.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    d2 = det.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    s1 = sto.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    s2 = sto.step(torch.zeros(SHAPE), 999, x, generator=torch.Generator().manual_seed(1)).prev_sample
     assert torch.equal(d1, d2) and not torch.allclose(s1, s2)
-    q = DDPMProcess(sampler="ddim", prediction_type="x0", clip_sample=False)
+    q = build_sampler(None, DDPMProcess(sampler="ddim", prediction_type="x0", clip_sample=False))
     q.set_timesteps(4)
     assert float(q.step(big, 999, x).pred_x0.max()) == 3.0
+    # The sampler's own clip_sample overrides the checkpoint's (None: off).
+    r = build_sampler(None, proc, clip_sample=None)
+    r.set_timesteps(4)
+    assert float(r.step(big, 999, x).pred_x0.max()) == 3.0
 
 
 # ---------------------------------------------------------------- agreement with MONAI (reference)
@@ -249,14 +262,14 @@ def test_alphas_cumprod_match_monai(ours, theirs):
 @pytest.mark.parametrize("t,eta", [(500, 0.0), (500, 1.0), (0, 0.0), (100, 0.5)])
 def test_ddim_step_matches_monai(ptype, monai_ptype, t, eta):
     # MONAI's DDIM steps t -> t - T//K; with start_step=900, K=10 our visited grid has the same gaps.
-    ours = DDPMProcess(1000, prediction_type=ptype, sampler="ddim", clip_sample=False)
+    ours = build_sampler("ddim", DDPMProcess(1000, prediction_type=ptype, clip_sample=False), eta=eta)
     ours.set_timesteps(10, start_step=900)
     ref = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, prediction_type=monai_ptype)
     ref.set_timesteps(10)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(SHAPE, generator=g)
     out = torch.randn(SHAPE, generator=g)
-    mine = ours.step(out, t, x, generator=torch.Generator().manual_seed(5), eta=eta)
+    mine = ours.step(out, t, x, generator=torch.Generator().manual_seed(5))
     prev_ref, x0_ref = ref.step(out, t, x, eta=eta, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(mine.pred_x0, x0_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mine.prev_sample, prev_ref, atol=1e-5, rtol=1e-5)
@@ -266,7 +279,7 @@ def test_ddim_step_matches_monai(ptype, monai_ptype, t, eta):
 @pytest.mark.parametrize("t", [999, 500, 20])
 def test_full_chain_eta1_step_matches_monai_ddpm_posterior(ptype, monai_ptype, t):
     # K = T with eta = 1 must be the DDPM posterior q(x_{t-1} | x_t, clip(x0_hat)), clipping included.
-    ours = DDPMProcess(1000, prediction_type=ptype)
+    ours = build_sampler("ddpm", DDPMProcess(1000, prediction_type=ptype))
     ours.set_timesteps(1000)
     ref = DDPMScheduler(num_train_timesteps=1000, prediction_type=monai_ptype, clip_sample=True)
     g = torch.Generator().manual_seed(4)
@@ -281,13 +294,14 @@ def test_full_chain_eta1_step_matches_monai_ddpm_posterior(ptype, monai_ptype, t
 @pytest.mark.parametrize("t", [1, 0, 700])
 def test_full_chain_eta1_step_is_float64_ddpm_posterior(t):
     # Independent float64 posterior (Ho et al. eq. 7); near t = 0 float32 schedules lose digits in 1 - abar.
-    p = DDPMProcess(1000, prediction_type="epsilon")
+    proc = DDPMProcess(1000, prediction_type="epsilon")
+    p = build_sampler(None, proc)
     p.set_timesteps(1000)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(SHAPE, generator=g) * 0.01
     eps = torch.randn(SHAPE, generator=g)
     mine = p.step(eps, t, x, generator=torch.Generator().manual_seed(8)).prev_sample.double()
-    ab, beta = p.alphas_cumprod, p.betas
+    ab, beta = proc.alphas_cumprod, proc.betas
     ab_t, ab_prev = ab[t], (ab[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64))
     x0 = ((x.double() - (1 - ab_t).sqrt() * eps.double()) / ab_t.sqrt()).clamp(-1, 1)
     mean = ab_prev.sqrt() * beta[t] / (1 - ab_t) * x0 + (1 - beta[t]).sqrt() * (1 - ab_prev) / (1 - ab_t) * x.double()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from voxdiff.diffusion.samplers import build_sampler
+
 from voxdiff.diffusion.ddpm import DDPMProcess
 from voxdiff.diffusion.masks import (auroc, decode_mask, encode_mask, ensemble_statistics,
                                      forward_diffuse_mask_stats, labels_to_onehot, mask_to_labels)
@@ -95,8 +97,9 @@ def test_forward_diffuse_mask_stats_documented_mean_and_variance(t):
     torch.testing.assert_close(mean, math.sqrt(abar) * x0, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(var, torch.full_like(x0, 1 - abar), atol=1e-6, rtol=1e-5)
     # Empirical check against the PD-DDPM start state produced by the sampler itself.
-    p.set_timesteps(1, start_step=t)
-    xs = torch.stack([p.initial_state(x0.shape, start=x0, generator=torch.Generator().manual_seed(s))
+    sampler = build_sampler(None, p)
+    sampler.set_timesteps(1, start_step=t)
+    xs = torch.stack([sampler.initial_state(x0.shape, start=x0, generator=torch.Generator().manual_seed(s))
                       for s in range(4)])
     resid = (xs - mean) / var.sqrt().clamp(min=1e-12)
     assert abs(float(resid.mean())) < 0.05 and float(resid.var()) == pytest.approx(1.0, abs=0.05)

@@ -195,7 +195,7 @@ def test_cli_simulate_pet_writes_three_files(tables, tmp_path):
     labels = save_volume(_labels(_brain()), tmp_path / "sub1.nii.gz", dtype=np.uint8)
     out = tmp_path / "out"
     res = _cli(["simulate-pet", str(labels), "--out-dir", str(out), "--tables", str(tables), "--seed", "2",
-                "--dose", "0.1"])
+                "--dose", "0.1", "--physics", "image"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["sub1_full.nii.gz", "sub1_low.nii.gz", "sub1_pet.json"]
     params = json.loads((out / "sub1_pet.json").read_text())
@@ -227,7 +227,7 @@ def test_cli_simulate_pet_dataset(tables, tmp_path):
         save_volume(_labels(_brain()), labels_dir / f"{name}.nii.gz", dtype=np.uint8)
     out = tmp_path / "ds"
     res = _cli(["simulate-pet-dataset", "--labels-dir", str(labels_dir), "--out-dir", str(out),
-                "--tables", str(tables), "--limit", "2", "--seed", "5"])
+                "--tables", str(tables), "--limit", "2", "--seed", "5", "--physics", "image"])
     assert res.exit_code == 0, res.output
     cases = load_manifest(out / "manifest.csv", roles=["source", "target", "label"])
     assert [c.id for c in cases] == ["a", "b"]
@@ -235,7 +235,8 @@ def test_cli_simulate_pet_dataset(tables, tmp_path):
     assert json.loads((out / "dataset.json").read_text())["cases"] == 2
     # The per-subject seed depends on the case id, not on the order: same images as simulate-pet.
     single = tmp_path / "single"
-    _cli(["simulate-pet", str(labels_dir / "b.nii.gz"), "--out-dir", str(single), "--tables", str(tables), "--seed", "5"])
+    _cli(["simulate-pet", str(labels_dir / "b.nii.gz"), "--out-dir", str(single), "--tables", str(tables), "--seed", "5",
+          "--physics", "image"])
     np.testing.assert_array_equal(load_volume(single / "b_low.nii.gz").array, load_volume(out / "b_low.nii.gz").array)
     a_low = load_volume(out / "a_low.nii.gz").array
     assert not np.array_equal(a_low, load_volume(out / "b_low.nii.gz").array)

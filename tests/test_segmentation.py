@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from voxdiff.diffusion.samplers import build_sampler
 from torch import nn
 
 from voxdiff.diffusion.ddpm import DDPMProcess
@@ -60,9 +62,10 @@ def test_forward_diffused_mask_has_documented_mean_and_variance(t):
     torch.testing.assert_close(mean, math.sqrt(abar) * x0, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(var, torch.full_like(x0, 1 - abar), atol=1e-6, rtol=1e-5)
     # Empirically: the sampler's own initial state at t' (many draws of one mask).
-    p.set_timesteps(1, start_step=t)
+    sampler = build_sampler(None, p)
+    sampler.set_timesteps(1, start_step=t)
     n = 3000
-    xs = p.initial_state((n, *x0.shape[1:]), start=x0, generator=torch.Generator().manual_seed(t))
+    xs = sampler.initial_state((n, *x0.shape[1:]), start=x0, generator=torch.Generator().manual_seed(t))
     emp_mean, emp_var = xs.mean(0, keepdim=True), xs.var(0, keepdim=True)
     se = math.sqrt((1 - abar) / n)
     assert float((emp_mean - mean).abs().max()) < 5 * se + 1e-6
@@ -215,27 +218,30 @@ def test_segment_cli_end_to_end_keeps_geometry_and_writes_integers(trained, tmp_
 
 
 def test_segment_with_preseg_model_vanilla_and_preseg_alone(trained, tmp_path):
-    from voxdiff.cli.segment import segment_volume
+    from voxdiff.pipelines import load_pipeline
 
     img = trained["root"] / "c1_img.nii.gz"
-    res = segment_volume(trained["seg"], img, tmp_path / "a.nii.gz", preseg_model=trained["preseg"], steps=2,
-                         samples=2, show_progress=False)
-    assert res["mode"] == "pd" and res["start_step"] == 20 and res["nfe"] == 2 * 2 + 1
-    res = segment_volume(trained["seg"], img, tmp_path / "b.nii.gz", mode="vanilla", steps=2, show_progress=False)
-    assert res["start_step"] is None and res["steps"] == 2
-    res = segment_volume(trained["preseg"], img, tmp_path / "c.nii.gz", uncertainty=tmp_path / "e.nii.gz",
-                         show_progress=False)
-    assert res["mode"] == "preseg"
+    pd_pipe = load_pipeline(trained["seg"], start_model=trained["preseg"])
+    res = pd_pipe(img, steps=2, samples=2)
+    res.save({"labels": tmp_path / "a.nii.gz"})
+    assert res.info["mode"] == "pd" and res.info["start_step"] == 20 and res.info["nfe"] == 2 * 2 + 1
+    seg = load_pipeline(trained["seg"])
+    res = seg(img, mode="vanilla", steps=2)
+    res.save({"labels": tmp_path / "b.nii.gz"})
+    assert res.info["start_step"] is None and res.info["steps"] == 2
+    pre = load_pipeline(trained["preseg"])
+    res = pre(img)
+    res.save({"labels": tmp_path / "c.nii.gz", "entropy": tmp_path / "e.nii.gz"})
+    assert res.info["mode"] == "preseg"
     for name in ("a", "b", "c"):
         v = load_volume(tmp_path / f"{name}.nii.gz")
         assert v.shape == (16, 16, 16) and v.disk_dtype == np.uint8 and v.array.max() <= 2
     with pytest.raises(VoxdiffError, match="needs a pre-segmentation"):
-        segment_volume(trained["seg"], img, tmp_path / "d.nii.gz", show_progress=False)
+        seg(img)
     with pytest.raises(VoxdiffError, match="needs --samples 2"):
-        segment_volume(trained["seg"], img, tmp_path / "d.nii.gz", preseg_model=trained["preseg"],
-                       uncertainty=tmp_path / "u.nii.gz", uncertainty_kind="variance", show_progress=False)
+        pd_pipe.check_outputs({"labels": tmp_path / "d.nii.gz", "variance": tmp_path / "u.nii.gz"}, samples=1)
     with pytest.raises(VoxdiffError, match="voxdiff checkpoint"):
-        segment_volume(img, img, tmp_path / "d.nii.gz", show_progress=False)
+        load_pipeline(img)
     assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "u.nii.gz").exists()
 
 

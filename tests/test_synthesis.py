@@ -10,7 +10,9 @@ from voxdiff.train.trainer import Trainer
 
 
 def test_synthesis_train_and_sample_in_training_geometry(tmp_path, tiny_affine):
-    from voxdiff.cli.sample import sample_volumes
+    import torch
+
+    from voxdiff.pipelines import load_pipeline
 
     rng = np.random.default_rng(0)
     rows = ["case,image"]
@@ -26,7 +28,10 @@ def test_synthesis_train_and_sample_in_training_geometry(tmp_path, tiny_affine):
         f"train.out_dir={tmp_path / 'run'}", "train.steps=3", "train.val_every=0", "inference.steps=3",
     ])
     Trainer(cfg, quiet=True).fit()
-    out = sample_volumes(tmp_path / "run", tmp_path / "s_{i}.nii.gz", count=2, seed=3, show_progress=False)
+    pipe, g = load_pipeline(tmp_path / "run"), torch.Generator().manual_seed(3)
+    out = [tmp_path / f"s_{i}.nii.gz" for i in range(2)]
+    for path in out:
+        pipe(generator=g).save({"output": path})
     a, b = load_volume(out[0]), load_volume(out[1])
     assert a.shape == (12, 12, 10) and np.allclose(a.affine, tiny_affine)
     assert not np.array_equal(a.array, b.array), "two draws differ"

@@ -98,7 +98,7 @@ def test_checkpoint_guards(tmp_path):
 
 
 def test_translate_keeps_geometry_and_units(tmp_path, tiny_affine):
-    from voxdiff.cli.translate import translate_volume
+    from voxdiff.pipelines import load_pipeline
 
     manifest = make_pairs(tmp_path, affine=tiny_affine)
     Trainer(tiny_config(tmp_path, manifest), quiet=True).fit()
@@ -107,8 +107,8 @@ def test_translate_keeps_geometry_and_units(tmp_path, tiny_affine):
     odd = src.array[:15, :14, :13]
     save_volume(odd, tmp_path / "odd.nii.gz", affine=tiny_affine)
     out, unc = tmp_path / "out.nii.gz", tmp_path / "unc.nii.gz"
-    translate_volume(tmp_path / "run" / "last.pt", tmp_path / "odd.nii.gz", out, steps=2, samples=3,
-                     uncertainty=unc, show_progress=False)
+    load_pipeline(tmp_path / "run" / "last.pt")(tmp_path / "odd.nii.gz", steps=2, samples=3).save(
+        {"output": out, "std": unc})
     pred, u = load_volume(out), load_volume(unc)
     assert pred.shape == (15, 14, 13) and np.allclose(pred.affine, tiny_affine)
     assert u.shape == pred.shape and (u.array >= 0).all() and u.array.max() > 0
@@ -117,11 +117,10 @@ def test_translate_keeps_geometry_and_units(tmp_path, tiny_affine):
 
 
 def test_sliding_window_matches_shape(tmp_path):
-    from voxdiff.cli.translate import translate_volume
+    from voxdiff.pipelines import load_pipeline
 
     manifest = make_pairs(tmp_path)
     Trainer(tiny_config(tmp_path, manifest), quiet=True).fit()
     out = tmp_path / "sw.nii.gz"
-    translate_volume(tmp_path / "run" / "last.pt", tmp_path / "c1_src.nii.gz", out, steps=1, sw_roi=8,
-                     show_progress=False)
+    load_pipeline(tmp_path / "run" / "last.pt")(tmp_path / "c1_src.nii.gz", steps=1, sw_roi=8).save({"output": out})
     assert load_volume(out).shape == (16, 16, 16)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from voxdiff.errors import VoxdiffError
-from voxdiff.nets import PuzzleNet, UNet3D, build_ppdm_net
+from voxdiff.nets import PuzzleNet, UNet3D
+from voxdiff.nets.factory import build_network
 from voxdiff.nets.unet import group_count
 
 
@@ -122,11 +123,13 @@ def test_config_rebuild():
     torch.testing.assert_close(again(x, 3), net(x, 3))
 
 
-def test_puzzle_net_shapes_and_config():
-    net = build_ppdm_net(in_channels=1, cond_channels=2, out_channels=1, factor=2, base_channels=8,
-                         channel_mults=(1, 2), num_res_blocks=1)
+def _unet(**kw):
+    return {"kind": "unet", "base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, **kw}
+
+
+def test_puzzle_net_shapes():
+    net = build_network(_unet(), in_channels=1, cond_channels=2, out_channels=1, puzzle_factor=2)
     assert net.backbone.in_channels == 3 * 8 and net.backbone.out_channels == 8
-    assert net.backbone.config()["base_channels"] == 24  # at least the puzzled input channels
     assert net.required_multiple == 4
     x, y = torch.randn(2, 1, 8, 8, 16), torch.randn(2, 2, 8, 8, 16)
     out = net(x, torch.tensor([1, 2]), y)
@@ -135,10 +138,7 @@ def test_puzzle_net_shapes_and_config():
         net(torch.randn(1, 1, 8, 8, 6), 1, torch.randn(1, 2, 8, 8, 6))
     with pytest.raises(VoxdiffError, match="condition"):
         net(x, 1, torch.randn(2, 2, 8, 8, 8))
-    again = PuzzleNet.from_config(net.config())
-    again.load_state_dict(net.state_dict())
-    torch.testing.assert_close(again(x, torch.tensor([1, 2]), y), out)
-    aniso = PuzzleNet.build_ppdm_net(cond_channels=0, factor=(1, 2, 2), base_channels=8, channel_mults=(1, 2))
+    aniso = build_network(_unet(), in_channels=1, cond_channels=0, out_channels=1, puzzle_factor=(1, 2, 2))
     assert aniso.required_multiple == (2, 4, 4)
     assert aniso(torch.randn(1, 1, 2, 4, 8), 1).shape == (1, 1, 2, 4, 8)
 
@@ -168,8 +168,8 @@ def lambda_backbone(conv):
 
 def test_puzzle_net_overfits_tiny_pair():
     torch.manual_seed(0)
-    net = build_ppdm_net(in_channels=1, cond_channels=1, out_channels=1, factor=2, base_channels=16,
-                         channel_mults=(1, 1), num_res_blocks=1)
+    net = build_network(_unet(base_channels=16, channel_mults=(1, 1)), in_channels=1, cond_channels=1,
+                        out_channels=1, puzzle_factor=2)
     g = torch.Generator().manual_seed(0)
     coords = torch.linspace(-1, 1, 16)
     zz, yy, xx = torch.meshgrid(coords, coords, coords, indexing="ij")

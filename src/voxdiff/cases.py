@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import SUPPORTED_SUFFIXES
-from voxdiff.io.atomic import check_writable_dir, ensure_out_dir, full_suffix
+from voxdiff.io.atomic import case_name, check_writable_dir, ensure_out_dir, full_suffix
 
 
 @dataclass
@@ -68,12 +68,6 @@ def is_volume_file(path: Path) -> bool:
             and full_suffix(path).lower() in SUPPORTED_SUFFIXES)
 
 
-def case_name(path: Path) -> str:
-    """A case's name: its file name without the volume suffix."""
-    suffix = full_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
-
-
 def list_cases(folder: Path) -> list[Path]:
     """The volume files directly inside ``folder``, sorted by name; an error if there are none."""
     files = sorted((p for p in folder.iterdir() if is_volume_file(p)), key=lambda p: p.name)
@@ -112,7 +106,9 @@ def plan_cases(input_path: Path, outputs: dict[str, Optional[Path]], *,
     output_suffix = output_suffix or {}
     if not input_path.exists():
         raise VoxdiffError(f"{input_path}: no such file or folder")
-    if not input_path.is_dir():
+    from voxdiff.io.dicom import is_dicom_folder
+
+    if not input_path.is_dir() or is_dicom_folder(input_path):  # a DICOM series folder is one case
         for role, path in outputs.items():
             if path.is_dir():
                 raise VoxdiffError(f"{path}: --{role} is a folder, but --input is one file; give a file name")

@@ -7,7 +7,7 @@ low uptake in a 10 mm shell standing in for skull and scalp), and a full-count a
 low-count image are simulated with the training data's own settings (5 mm PSF, mean 200
 full-dose counts per brain voxel, Poisson noise, binomial thinning). The low-count image is
 written to disk and denoised by ``pretrained:pet-denoise`` through
-:func:`voxdiff.cli.translate.translate_volume`, the code path of ``voxdiff translate``.
+:func:`voxdiff.pipelines.load_pipeline`, the code path of ``voxdiff translate``.
 """
 
 from __future__ import annotations
@@ -207,11 +207,13 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
     if crop is not None and crop < 8:
         raise VoxdiffError(f"the demo crop must be at least 8 voxels, got {crop}")
     if console is None:
-        from voxdiff.cli.app import console
-    from voxdiff.cli.translate import translate_volume
-    from voxdiff.io import atomic_write_text, load_volume, save_volume
+        from rich.console import Console
+
+        console = Console()
+    from voxdiff.io import atomic_write_text, save_volume
     from voxdiff.metrics import image_metrics
     from voxdiff.models import resolve_model_path
+    from voxdiff.pipelines import load_pipeline
 
     resolve_model_path(model)  # an unknown model fails before any work
     out_dir = Path(out_dir)
@@ -232,20 +234,23 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
     seconds["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    res = translate_volume(model, paths["low"], paths["ppdm"], steps=steps, samples=samples,
-                           uncertainty=paths["uncertainty"] if samples > 1 else None, seed=seed,
-                           show_progress=show_progress)
+    pipe = load_pipeline(model)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True, disable=not show_progress) as bar:
+        tid = bar.add_task("denoise", total=None)
+        res = pipe(pet.low, steps=steps, samples=samples, seed=seed,
+                   progress=lambda i, n: bar.update(tid, completed=i, total=n))
+    pred = res["output"]
+    std = res["std"].array if samples > 1 else np.zeros_like(pred.array)
+    res.save({"output": paths["ppdm"], **({"std": paths["uncertainty"]} if samples > 1 else {})})
+    if samples == 1:
+        save_volume(pred.with_array(std), paths["uncertainty"])
+    res = res.info
     seconds["denoise"] = time.perf_counter() - t
     if show_progress:
         console.print(f"[green]✓[/] denoised with {model} ({_plural(res['steps'], 'step')} x {_plural(samples, 'sample')}) "
                       f"[dim]{seconds['denoise']:.1f} s[/]", highlight=False)
-    pred = load_volume(paths["ppdm"], role="PPDM output")
-    if samples > 1:
-        std = load_volume(paths["uncertainty"], role="uncertainty").array
-    else:
-        std = np.zeros_like(pred.array)
-        save_volume(pred.with_array(std), paths["uncertainty"])
-
     t = time.perf_counter()
     low, full = pet.low.array, pet.full.array
     metrics = {"input": image_metrics(low, full, mask=template.brain),

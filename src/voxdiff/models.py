@@ -38,11 +38,17 @@ def resolve_model_path(spec: str | Path) -> Path:
     return Path(spec)
 
 
-def load_model(spec: str | Path, *, task: str | None = None, use_ema: bool = True,
+def load_model(spec: str | Path, *, task: str | tuple[str, ...] | None = None, use_ema: bool = True,
                device: str | torch.device = "cpu") -> tuple[Task, dict]:
     """Rebuild a task from a checkpoint and load its (EMA) weights; returns ``(task, checkpoint)``."""
     path = resolve_model_path(spec)
-    ckpt = load_checkpoint(path, task=task)
+    ckpt = load_checkpoint(path, task=task)  # validates the stored config against the schema
+    if not isinstance(ckpt.get("config"), dict) or "model" not in ckpt["config"]:
+        raise VoxdiffError(f"{path}: checkpoint has no stored config with a model section to rebuild the network from")
+    if isinstance(device, str):
+        from voxdiff.config import check_device
+
+        device = check_device(device)
     model = build_task(ckpt["task"], ckpt["config"]["model"])
     weights = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["model"]
     try:
@@ -50,16 +56,6 @@ def load_model(spec: str | Path, *, task: str | None = None, use_ema: bool = Tru
     except RuntimeError as exc:
         raise VoxdiffError(f"{path}: weights do not fit the architecture its config describes ({str(exc).splitlines()[0]})") from exc
     return model.to(device).eval(), ckpt
-
-
-def inference_steps(task: Task, ckpt: dict, steps: int | None) -> int:
-    """Sampling steps: ``steps`` or the checkpoint's ``inference.steps``, checked against the model's ``T``."""
-    k = int(ckpt["config"]["inference"]["steps"] if steps is None else steps)
-    n_t = int(getattr(task.process, "num_train_timesteps", 0) or 0)
-    if k < 1 or (n_t and k > n_t):
-        raise VoxdiffError(f"--steps must lie in 1..{n_t} for this {n_t}-step model, got {k}" if n_t
-                           else f"--steps must be >= 1, got {k}")
-    return k
 
 
 def inference_normalizers(ckpt: dict, volumes: dict[str, "np.ndarray"], output_role: str | None) -> dict:

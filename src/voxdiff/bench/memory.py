@@ -283,25 +283,17 @@ def _mib(tensors) -> float:
 
 
 def _saved_bytes(task, batch, device, precision: str, generators=None) -> int:
-    """Bytes of the storages autograd saves in one training forward (parameters excluded)."""
+    """Bytes autograd saves in one training forward of ``task`` (parameters excluded)."""
     import torch
 
+    from voxdiff.nets.memory import saved_bytes
     from voxdiff.train.trainer import _autocast
 
-    params = {p.untyped_storage().data_ptr() for p in task.parameters()}
-    sizes: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            sizes[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def run():
         with _autocast(device, precision):
-            loss, _ = task(batch, generators or [torch.Generator().manual_seed(0)])
-    del loss
-    return sum(sizes.values())
+            return task(batch, generators or [torch.Generator().manual_seed(0)])[0]
+
+    return saved_bytes(run, task.parameters())
 
 
 # ---------------------------------------------------------------------------------- parent side

@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "voxdiff.cli.train",
     "voxdiff.cli.translate",
     "voxdiff.cli.sample",
+    "voxdiff.cli.predict",
     "voxdiff.cli.bench",
     "voxdiff.cli.demo",
     "voxdiff.cli.export",

@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import typer
 from rich.console import Console
 
-app = typer.Typer(
+
+def _checked(fn):
+    """``fn`` with its ``seed`` / ``device`` arguments checked first (:func:`voxdiff.config.check_seed` /
+    :func:`~voxdiff.config.check_device`): a huge seed or a GPU this machine lacks is one sentence."""
+    names = set(inspect.signature(fn).parameters)
+    if not names & {"seed", "device"}:
+        return fn
+
+    @functools.wraps(fn)  # typer reads the signature through __wrapped__
+    def wrapper(*args, **kwargs):
+        from voxdiff.config import check_device, check_seed
+
+        if kwargs.get("seed") is not None:
+            kwargs["seed"] = check_seed(kwargs["seed"], "--seed")
+        if isinstance(kwargs.get("device"), str):
+            kwargs["device"] = check_device(kwargs["device"], "--device")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _CheckedTyper(typer.Typer):
+    """A Typer whose commands get the shared ``--seed`` and ``--device`` checks (one function each)."""
+
+    def command(self, *args, **kwargs):
+        """As :meth:`typer.Typer.command`; the module keeps the undecorated function."""
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn):
+            register(_checked(fn))
+            return fn
+
+        return decorator
+
+
+app = _CheckedTyper(
     name="voxdiff",
     help=(
         "Diffusion models for whole 3D medical volumes (CT, MRI, PET).\n\n"
@@ -18,9 +56,53 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-bench_app = typer.Typer(help="Benchmarks: memory and time of training steps, sampling speed.",
+bench_app = _CheckedTyper(help="Benchmarks: memory and time of training steps, sampling speed.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class progress_bar:
+    """A transient rich progress bar as a context manager yielding a ``progress(i, n)`` callback."""
+
+    def __init__(self, description: str, show: bool = True) -> None:
+        self.description, self.show = description, show
+
+    def __enter__(self):
+        from rich.progress import Progress
+
+        self._bar = Progress(console=console, transient=True, disable=not self.show)
+        self._bar.__enter__()
+        tid = self._bar.add_task(self.description, total=None)
+        return lambda i, n: self._bar.update(tid, completed=i, total=n)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+def command_part(part_id, num_parts, device: str):
+    """This process's share of a folder's cases and its device (torchrun ranks get their own GPU)."""
+    from voxdiff.cases import resolve_part
+    from voxdiff.train.distributed import rank_device
+
+    return resolve_part(part_id, num_parts), str(rank_device(device))
+
+
+def describe_run(info: dict, written: dict) -> str:
+    """One line for a finished prediction: what was written and what it cost."""
+    mode = info.get("mode")
+    if mode == "preseg":
+        desc = "preseg model"
+    elif mode == "pd":
+        desc = f"pd: t'={info['start_step']}, K={info['steps']}"
+    elif mode == "vanilla":
+        desc = f"vanilla: K={info['steps']} from noise"
+    else:
+        desc = f"{info['steps']} steps"
+    if info.get("sampler"):
+        desc += f", {info['sampler']}"
+    paths = [str(p) for p in written.values()]
+    return (f"wrote {paths[0]} ({desc}, {info['samples']} sample(s), {info['nfe']} network evaluations)"
+            + (f" and {', '.join(paths[1:])}" if len(paths) > 1 else ""))

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from voxdiff.cli.app import bench_app, console
+from voxdiff.cli.tables import FitTable
 from voxdiff.errors import VoxdiffError
 
 
@@ -195,21 +196,22 @@ def _method_key(method, precisions: list[str] | None) -> str:
     return method.name if precisions is None else f"{method.name} [{method.precision}]"
 
 
-def memory_table(results: list[dict]) -> Table:
-    """Rich table of memory-benchmark results (variant and x d1 columns only when used)."""
+def memory_table(results: list[dict]) -> FitTable:
+    """Table of memory-benchmark results (variant and x d1 columns only when used); numbers never cut."""
     from voxdiff.bench.memory import _has_variants, variant_label
 
     variants = _has_variants(results)
     depths = any(r.get("depth") is not None for r in results)
     batch = "batch 1" if not variants else "per training setting"
-    t = Table(title=f"one training step, {batch}: peak MiB above model + batch, ratios to full3d")
-    t.add_column("method", no_wrap=True)
+    t = FitTable(title=f"one training step, {batch}: peak MiB above model + batch, ratios to full3d",
+                 key_columns=2 if variants else 1)
+    t.add_column("method")
     if variants:
-        t.add_column("variant", no_wrap=True)
+        t.add_column("variant")
     cols = ["volume", "crop", "params", "MiB"] + (["x d1"] if depths else []) + ["/full3d", "saved", "s/step",
                                                                                  "/full3d "]
     for col in cols:
-        t.add_column(col, justify="right", no_wrap=True)
+        t.add_column(col, numeric=True)
     for r in results:
         lead = [r["method"]] + ([variant_label(r)] if variants else []) + [f"{r['size']}^3"]
         if "error" in r:
@@ -311,16 +313,16 @@ def sampling(
         console.print(f"wrote {markdown}")
 
 
-def sampling_table(results: list[dict], reference: str | None) -> Table:
-    """Rich table of sampling-benchmark results."""
-    t = Table(title="sampling one whole volume, random weights")
-    t.add_column("run", no_wrap=True)
+def sampling_table(results: list[dict], reference: str | None) -> FitTable:
+    """Table of sampling-benchmark results; numbers never cut."""
+    t = FitTable(title="sampling one whole volume, random weights")
+    t.add_column("run")
     for col in ("steps", "s/step", "s/volume", f"/{reference or 'PPDM'}", "MiB"):
-        t.add_column(col, justify="right", no_wrap=True)
+        t.add_column(col, numeric=True)
     t.add_column("note")
     for r in results:
         if "error" in r:
-            t.add_row(r["run"], str(r["steps"]), "", "", "", "", f"[red]{r['error'][:50]}[/]")
+            t.add_row(r["run"], str(r["steps"]), "", "", "", "", f"[red]{escape(r['error'][:50])}[/]")
             continue
         note = f"extrap. from {r['measured_steps']}" if r["extrapolated"] else "measured"
         t.add_row(r["run"], str(r["steps"]), _fmt(r["sec_per_step"], ".3f"), _fmt(r["seconds"], ".1f"),

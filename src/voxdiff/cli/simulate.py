@@ -1,4 +1,9 @@
-"""``voxdiff simulate-pet`` and ``simulate-pet-dataset``: paired low-/full-dose PET on real anatomy."""
+"""``voxdiff simulate-pet`` and ``simulate-pet-dataset``: paired low-/full-dose PET on real anatomy.
+
+``--physics projection`` (default): sinograms, Poisson counts, thinned low doses and OSEM
+(:mod:`voxdiff.sim.physics`); ``--physics image``: the older image-space simulation (white noise,
+:mod:`voxdiff.sim.pet`), fast, for tests and quick runs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from voxdiff.cli.app import app, console
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, atomic_write_text, check_same_geometry, load_volume, save_volume
 from voxdiff.io.atomic import all_or_nothing, full_suffix
+
+PHYSICS = ("projection", "image")
+PHYSICS_HELP = ("'projection' (sinograms, attenuation, scatter/randoms, Poisson counts, OSEM; see "
+                "docs/pet-simulation.md) or 'image' (PSF + white Poisson noise per voxel, fast).")
 
 SCHEME_HELP = "Label scheme: 'muse' (IXI DLMUSE regions) or 'brainweb' (BrainWeb tissue classes 0-9)."
 HEAD_HELP = (
@@ -92,66 +101,259 @@ def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str, w
 
 
 
+# --------------------------------------------------------------------------- projection physics
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    """Comma-separated numbers of an option, or one clear error naming it."""
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise VoxdiffError(f"{option} must be comma-separated numbers, got '{text}'") from None
+
+
+def _settings(*, doses: str, nac_doses: str | None, prompts: float, fwhm: float | None, psf_recon: bool,
+              iterations: int, subsets: int, views: int, oversample: int, background_fraction: float,
+              post_filter_mm: float, lesions: int, lesion_diameters: str, lesion_contrast: str,
+              lesion_free_fraction: float, device: str) -> Any:
+    from voxdiff.sim.physics import ProjectionSettings
+
+    settings = ProjectionSettings(
+        doses=_floats(doses, "--doses"), nac_doses=None if nac_doses is None else _floats(nac_doses, "--nac-doses"),
+        prompts=prompts, fwhm_mm=4.5 if fwhm is None else fwhm, psf_recon=psf_recon, iterations=iterations,
+        subsets=subsets, n_views=views, oversample=oversample, background_fraction=background_fraction,
+        post_filter_mm=post_filter_mm, lesions=lesions, lesion_diameters=_floats(lesion_diameters, "--lesion-diameters"),
+        lesion_contrast=_floats(lesion_contrast, "--lesion-contrast"), lesion_free_fraction=lesion_free_fraction,
+        device=device)
+    settings.check()
+    return settings
+
+
+def _t1_for(head: str, labels: Volume, scheme: str) -> Volume | None:
+    """The anatomical image a --head choice names (the T1 in ../t1/ for 'auto'), or None."""
+    if scheme == "brainweb" or head in ("none", "labels"):
+        return None
+    if head == "auto":
+        assert labels.path is not None
+        path = labels.path.parent.parent / "t1" / labels.path.name
+        if not path.is_file():
+            return None
+    else:
+        path = Path(head)
+    image = load_volume(path, role="head image")
+    check_same_geometry(labels, image, what="--head image")
+    return image
+
+
+def _projection_paths(out_dir: Path, case: str, settings: Any) -> dict[str, Path]:
+    """Every output file of one case: image roles, then ``lesions_json`` and ``json``."""
+    from voxdiff.sim.physics import projection_roles
+
+    paths = {role: out_dir / f"{case}_{role}.nii.gz" for role in projection_roles(settings)}
+    paths["lesions_json"] = out_dir / f"{case}_lesions.json"
+    paths["json"] = out_dir / f"{case}_pet.json"
+    return paths
+
+
+def _simulate_projection_case(label_path: Path, *, case: str, seed: int, settings: Any, scheme: str, head: str,
+                              tables: Path | None, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Simulate one case and write all its files, or none of them (the error names the label map)."""
+    from voxdiff.sim.physics import simulate_projection_pet
+
+    labels = load_volume(label_path, role="labels")
+    t1 = _t1_for(head, labels, scheme)
+    try:
+        result = simulate_projection_pet(labels, case=case, seed=seed, settings=settings, scheme=scheme, t1=t1,
+                                         head_mask=None if head != "none" or scheme != "muse" else labels.array > 0,
+                                         tables_dir=tables)
+    except VoxdiffError as exc:
+        if str(label_path) in str(exc):
+            raise
+        raise VoxdiffError(f"{label_path}: {exc}") from exc
+    params = {**result.params, "labels": str(label_path.resolve()),
+              "t1": str(t1.path.resolve()) if t1 is not None and t1.path is not None else None}
+    paths = _projection_paths(out_dir, case, settings)
+    with all_or_nothing(out_dir) as written:
+        for role, vol in result.images.items():
+            written.append(save_volume(vol, paths[role], dtype=np.uint16 if role == "lesions" else np.float32))
+        written.append(atomic_write_text(paths["lesions_json"], json.dumps(result.lesions, indent=2) + "\n"))
+        # The parameters last: a case with its JSON has every file (writes are atomic).
+        written.append(atomic_write_text(paths["json"], json.dumps(params, indent=2) + "\n"))
+    return paths, params
+
+
+def _settings_record(settings: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}))
+
+
+def _complete_case(paths: dict[str, Path], shape: tuple[int, ...], settings: Any, seed: int) -> dict[str, Any] | None:
+    """The case's parameters if all its files exist, every volume reads with ``shape`` and the
+    settings and seed match this run's; else None (the case is simulated again)."""
+    try:
+        params = json.loads(paths["json"].read_text())
+        json.loads(paths["lesions_json"].read_text())
+        if params.get("settings") != _settings_record(settings) or params.get("seed_base") != seed:
+            return None
+        for role, path in paths.items():
+            if role not in ("json", "lesions_json") and load_volume(path).shape != shape:
+                return None
+    except (OSError, ValueError, VoxdiffError):
+        return None
+    return params
+
+
+def _manifest_roles(settings: Any) -> tuple[str, list[str]]:
+    """(the role named ``source``, the other image roles in manifest order)."""
+    from voxdiff.sim.physics import dose_tag, projection_roles
+
+    tags = [dose_tag(d) for d in settings.doses]
+    source = "low_5" if "5" in tags else f"low_{tags[0]}"
+    return source, [r for r in projection_roles(settings) if r != "full"]
+
+
+def _common_options(fwhm: float | None, dose: float, counts: float | None, mean_counts: float, scheme: str,
+                    physics: str) -> None:
+    if physics not in PHYSICS:
+        raise VoxdiffError(f"unknown --physics '{physics}' (use {' or '.join(PHYSICS)})")
+    _validate(5.0 if fwhm is None else fwhm, dose, counts, mean_counts, scheme)
+
+
+# --------------------------------------------------------------------------- commands
+_OPT = {
+    "physics": lambda: typer.Option("projection", "--physics", help=PHYSICS_HELP),
+    "fwhm": lambda: typer.Option(None, "--fwhm", help="System PSF FWHM in mm (default: 4.5 for projection, 5 for image)."),
+    "doses": lambda: typer.Option("0.25,0.1,0.05,0.01", "--doses", help="[projection] Low-dose fractions (thinned from the full-dose counts)."),
+    "nac_doses": lambda: typer.Option(None, "--nac-doses", help="[projection] Doses that also get a non-attenuation-corrected image (default: all; '' for none)."),
+    "prompts": lambda: typer.Option(1e8, "--prompts", help="[projection] Expected full-dose prompts per subject, all planes (10-20 min brain FDG, docs/pet-simulation.md)."),
+    "iterations": lambda: typer.Option(3, "--iterations", help="[projection] OSEM iterations."),
+    "subsets": lambda: typer.Option(21, "--subsets", help="[projection] OSEM subsets (divides --views best)."),
+    "views": lambda: typer.Option(168, "--views", help="[projection] Sinogram views over 180 degrees."),
+    "oversample": lambda: typer.Option(2, "--oversample", help="[projection] In-plane oversampling of the data simulation (1 = same grid as the reconstruction)."),
+    "psf_recon": lambda: typer.Option(False, "--psf-recon/--no-psf-recon", help="[projection] Model the PSF in OSEM."),
+    "post_filter": lambda: typer.Option(0.0, "--post-filter-mm", help="[projection] Gaussian post-filter FWHM in mm (0 = off)."),
+    "background": lambda: typer.Option(0.3, "--background-fraction", help="[projection] Scatter + randoms share of the prompts."),
+    "lesions": lambda: typer.Option(4, "--lesions", help="[projection] Spherical lesions per lesioned subject."),
+    "lesion_diameters": lambda: typer.Option("4,8,12,16", "--lesion-diameters", help="[projection] Lesion diameters in mm (cycled)."),
+    "lesion_contrast": lambda: typer.Option("1.5,6", "--lesion-contrast", help="[projection] Lesion/background activity ratio: a range LOW,HIGH or one value."),
+    "lesion_free": lambda: typer.Option(0.3, "--lesion-free-fraction", help="[projection] Share of subjects without lesions (seeded per case)."),
+    "device": lambda: typer.Option("cpu", "--device", help="[projection] torch device: cpu or cuda."),
+}
+
+
 @app.command("simulate-pet")
 def simulate_pet_command(
     labels: Path = typer.Argument(..., help="Integer label map (.nii.gz, .mha, .nrrd, .hv)."),
     out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Output folder (created if missing)."),
-    fwhm: float = typer.Option(5.0, "--fwhm", help="Scanner PSF FWHM in mm."),
-    dose: float = typer.Option(0.05, "--dose", help="Low-dose fraction of the full-dose counts, in (0, 1]."),
-    counts: float | None = typer.Option(None, "--counts", help="Total expected full-dose counts (default: from --mean-counts)."),
-    mean_counts: float = typer.Option(200.0, "--mean-counts", help="Mean expected full-dose counts per brain voxel."),
-    seed: int = typer.Option(0, "--seed", help="Seed; the subject's noise uses (seed, CRC32 of the case id)."),
+    physics: str = _OPT["physics"](),
+    fwhm: float | None = _OPT["fwhm"](),
+    dose: float = typer.Option(0.05, "--dose", help="[image] Low-dose fraction of the full-dose counts, in (0, 1]."),
+    counts: float | None = typer.Option(None, "--counts", help="[image] Total expected full-dose counts (default: from --mean-counts)."),
+    mean_counts: float = typer.Option(200.0, "--mean-counts", help="[image] Mean expected full-dose counts per brain voxel."),
+    doses: str = _OPT["doses"](),
+    nac_doses: str | None = _OPT["nac_doses"](),
+    prompts: float = _OPT["prompts"](),
+    iterations: int = _OPT["iterations"](),
+    subsets: int = _OPT["subsets"](),
+    views: int = _OPT["views"](),
+    oversample: int = _OPT["oversample"](),
+    psf_recon: bool = _OPT["psf_recon"](),
+    post_filter_mm: float = _OPT["post_filter"](),
+    background_fraction: float = _OPT["background"](),
+    lesions: int = _OPT["lesions"](),
+    lesion_diameters: str = _OPT["lesion_diameters"](),
+    lesion_contrast: str = _OPT["lesion_contrast"](),
+    lesion_free_fraction: float = _OPT["lesion_free"](),
+    device: str = _OPT["device"](),
+    seed: int = typer.Option(0, "--seed", help="Seed; the subject's draws use (seed, CRC32 of the case id)."),
     scheme: str = typer.Option("muse", "--scheme", help=SCHEME_HELP),
     head: str = typer.Option("auto", "--head", help=HEAD_HELP),
     case: str | None = typer.Option(None, "--case", help="Case id for the output names (default: the file name)."),
     tables: Path | None = typer.Option(None, "--tables", help="Folder of the MUSE region CSVs (default: found beside the labels)."),
 ) -> None:
-    """Simulate a full-dose / low-dose PET pair on one label map.
+    """Simulate PET of one subject from its label map.
 
-    Writes CASE_full.nii.gz and CASE_low.nii.gz (float32, full-dose counts per voxel, label map geometry)
-    and CASE_pet.json (all settings, and the low-dose PSNR vs full-dose over the head, data range = full-dose max).
+    projection (default): CASE_full, CASE_low_<tag> (tag = dose in %: 25, 10, 5, 1), CASE_nac_low_<tag>, CASE_truth
+    (OSEM of the noise-free data), CASE_activity, CASE_mumap (1/cm), CASE_lesions (ids) .nii.gz, CASE_lesions.json and
+    CASE_pet.json; images in kBq/ml-like units, low doses rescaled to the full-dose scale.
+    image: CASE_full.nii.gz, CASE_low.nii.gz (full-dose counts per voxel) and CASE_pet.json.
 
     Example: [cyan]voxdiff simulate-pet ../shared/data/ixi-t1-2mm/labels/IXI012-HH-1211.nii.gz --out-dir pet/[/]
     """
-    _validate(fwhm, dose, counts, mean_counts, scheme)
+    _common_options(fwhm, dose, counts, mean_counts, scheme, physics)
     case = case or _case_id(labels)
     start = time.perf_counter()
-    result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
-                                   mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-    with all_or_nothing(out_dir) as written:
-        paths = _write_case(result, params, out_dir, case, written)
-    console.print(
-        f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
-        f"(data range {params['psnr_data_range']:g}, mean {params['mean_brain_counts']:.0f} counts/brain voxel, "
-        f"head: {params['head_mask']}) in {time.perf_counter() - start:.1f} s"
-    )
-    console.print(f"wrote {paths['full']}, {paths['low']}, {paths['json']}", highlight=False)
+    if physics == "image":
+        result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=5.0 if fwhm is None else fwhm, dose=dose,
+                                       counts=counts, mean_counts=mean_counts, seed=seed, head=head, tables=tables)
+        with all_or_nothing(out_dir) as written:
+            paths = _write_case(result, params, out_dir, case, written)
+        console.print(
+            f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
+            f"(data range {params['psnr_data_range']:g}, mean {params['mean_brain_counts']:.0f} counts/brain voxel, "
+            f"head: {params['head_mask']}) in {time.perf_counter() - start:.1f} s"
+        )
+        console.print(f"wrote {paths['full']}, {paths['low']}, {paths['json']}", highlight=False)
+        return
+    settings = _settings(doses=doses, nac_doses=nac_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon,
+                         iterations=iterations, subsets=subsets, views=views, oversample=oversample,
+                         background_fraction=background_fraction, post_filter_mm=post_filter_mm, lesions=lesions,
+                         lesion_diameters=lesion_diameters, lesion_contrast=lesion_contrast,
+                         lesion_free_fraction=lesion_free_fraction, device=device)
+    paths, params = _simulate_projection_case(labels, case=case, seed=seed, settings=settings, scheme=scheme,
+                                              head=head, tables=tables, out_dir=out_dir)
+    counts_text = ", ".join(f"{k}%: {v['prompts']:.3g}" for k, v in params["counts"].items())
+    console.print(f"{case}: prompts {counts_text}; {params['lesions']} lesion(s); {time.perf_counter() - start:.1f} s",
+                  highlight=False)
+    console.print(f"wrote {len(paths)} files to {out_dir} ({case}_*.nii.gz, {case}_lesions.json, {case}_pet.json)",
+                  highlight=False)
 
 
 @app.command("simulate-pet-dataset")
 def simulate_pet_dataset_command(
     labels_dir: Path = typer.Option(..., "--labels-dir", help="Folder of label maps (one subject per file)."),
     out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Output folder (created if missing)."),
-    fwhm: float = typer.Option(5.0, "--fwhm", help="Scanner PSF FWHM in mm."),
-    dose: float = typer.Option(0.05, "--dose", help="Low-dose fraction of the full-dose counts, in (0, 1]."),
-    counts: float | None = typer.Option(None, "--counts", help="Total expected full-dose counts per subject (default: from --mean-counts)."),
-    mean_counts: float = typer.Option(200.0, "--mean-counts", help="Mean expected full-dose counts per brain voxel."),
-    seed: int = typer.Option(0, "--seed", help="Seed; each subject uses (seed, CRC32 of its id), whatever --limit."),
+    physics: str = _OPT["physics"](),
+    fwhm: float | None = _OPT["fwhm"](),
+    dose: float = typer.Option(0.05, "--dose", help="[image] Low-dose fraction of the full-dose counts, in (0, 1]."),
+    counts: float | None = typer.Option(None, "--counts", help="[image] Total expected full-dose counts per subject (default: from --mean-counts)."),
+    mean_counts: float = typer.Option(200.0, "--mean-counts", help="[image] Mean expected full-dose counts per brain voxel."),
+    doses: str = _OPT["doses"](),
+    nac_doses: str | None = _OPT["nac_doses"](),
+    prompts: float = _OPT["prompts"](),
+    iterations: int = _OPT["iterations"](),
+    subsets: int = _OPT["subsets"](),
+    views: int = _OPT["views"](),
+    oversample: int = _OPT["oversample"](),
+    psf_recon: bool = _OPT["psf_recon"](),
+    post_filter_mm: float = _OPT["post_filter"](),
+    background_fraction: float = _OPT["background"](),
+    lesions: int = _OPT["lesions"](),
+    lesion_diameters: str = _OPT["lesion_diameters"](),
+    lesion_contrast: str = _OPT["lesion_contrast"](),
+    lesion_free_fraction: float = _OPT["lesion_free"](),
+    device: str = _OPT["device"](),
+    seed: int = typer.Option(0, "--seed", help="Seed; each subject uses (seed, CRC32 of its id), whatever --limit or part."),
     scheme: str = typer.Option("muse", "--scheme", help=SCHEME_HELP),
     head: str = typer.Option("auto", "--head", help="'auto', 'labels' or 'none' (see simulate-pet --help)."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N subjects (sorted by id)."),
+    part_id: int | None = typer.Option(None, "--part-id", help="[projection] This process's part (0-based), round-robin on sorted case ids."),
+    num_parts: int | None = typer.Option(None, "--num-parts", help="[projection] Number of parts the subjects are split into."),
     tables: Path | None = typer.Option(None, "--tables", help="Folder of the MUSE region CSVs (default: found beside the labels)."),
 ) -> None:
-    """Build a paired low-/full-dose PET dataset from a folder of label maps.
+    """Build a PET dataset from a folder of label maps.
 
-    Writes CASE_full.nii.gz, CASE_low.nii.gz and CASE_pet.json per subject, then dataset.json (settings, PSNR)
-    and manifest.csv (case, source = low dose, target = full dose, label), last: an interrupted run has no manifest.
+    projection (default): each subject's files as simulate-pet writes them, all or nothing per subject; subjects whose
+    files are all present, readable, of the right shape and made with the same settings are skipped; a failing subject
+    is reported by name at the end (exit 2) and the others are kept. manifest.csv (case, source = low_5, target = full,
+    one column per role, label) and dataset.json are written by the run that finds every subject complete (a plain run
+    after all --part-id/--num-parts runs writes them too), or by a single-process run listing the completed subjects.
+    image: CASE_full/CASE_low.nii.gz + CASE_pet.json per subject, manifest.csv (source = low, target = full), all or nothing.
 
-    Example: [cyan]voxdiff simulate-pet-dataset --labels-dir ../shared/data/ixi-t1-2mm/labels --out-dir ../data/pet-ixi --limit 5[/]
+    Example: [cyan]voxdiff simulate-pet-dataset --labels-dir ../shared/data/ixi-t1-2mm/labels --out-dir ../data/pet-proj --limit 20[/]
     """
-    from voxdiff.data.manifest import SCAN_SUFFIXES, Case, write_manifest
+    from voxdiff.data.manifest import SCAN_SUFFIXES
 
-    _validate(fwhm, dose, counts, mean_counts, scheme)
+    _common_options(fwhm, dose, counts, mean_counts, scheme, physics)
     if head not in ("auto", "labels", "none"):
         raise VoxdiffError(f"--head must be auto, labels or none for a dataset, got '{head}'")
     if limit is not None and limit < 1:
@@ -164,6 +366,102 @@ def simulate_pet_dataset_command(
     if not files:
         raise VoxdiffError(f"{labels_dir}: no label maps ({', '.join(SCAN_SUFFIXES)})")
     files = files[:limit] if limit else files
+    if physics == "image":
+        if part_id is not None or num_parts is not None:
+            raise VoxdiffError("--part-id/--num-parts need --physics projection")
+        _image_dataset(files, labels_dir=labels_dir, out_dir=out_dir, fwhm=5.0 if fwhm is None else fwhm, dose=dose,
+                       counts=counts, mean_counts=mean_counts, seed=seed, scheme=scheme, head=head, tables=tables)
+        return
+    from voxdiff.cases import resolve_part
+
+    part = resolve_part(part_id, num_parts)
+    settings = _settings(doses=doses, nac_doses=nac_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon,
+                         iterations=iterations, subsets=subsets, views=views, oversample=oversample,
+                         background_fraction=background_fraction, post_filter_mm=post_filter_mm, lesions=lesions,
+                         lesion_diameters=lesion_diameters, lesion_contrast=lesion_contrast,
+                         lesion_free_fraction=lesion_free_fraction, device=device)
+    _projection_dataset(files, part=part, settings=settings, labels_dir=labels_dir, out_dir=out_dir, seed=seed,
+                        scheme=scheme, head=head, tables=tables)
+
+
+def _projection_dataset(files: list[Path], *, part: Any, settings: Any, labels_dir: Path, out_dir: Path, seed: int,
+                        scheme: str, head: str, tables: Path | None) -> None:
+    """The projection-physics dataset builder of ``simulate-pet-dataset`` (see its help)."""
+    from voxdiff.data.manifest import Case, write_manifest
+    from voxdiff.io.atomic import ensure_out_dir
+
+    ensure_out_dir(out_dir)
+    mine = part.select(files)
+    done: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    start = time.perf_counter()
+    where = f"part {part.index}/{part.count}: " if part.count > 1 else ""
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{where}simulating PET", total=len(mine), status="")
+        for path in mine:
+            case = _case_id(path)
+            paths = _projection_paths(out_dir, case, settings)
+            shape = load_volume(path, role="labels").shape if paths["json"].exists() else None
+            if shape is not None and _complete_case(paths, shape, settings, seed) is not None:
+                skipped.append(case)
+                progress.update(task, advance=1, status=f"{case}: complete, skipped")
+                continue
+            try:
+                _, params = _simulate_projection_case(path, case=case, seed=seed, settings=settings, scheme=scheme,
+                                                      head=head, tables=tables, out_dir=out_dir)
+            except VoxdiffError as exc:
+                failed[case] = " ".join(str(exc).split())
+                progress.update(task, advance=1, status=f"{case}: FAILED")
+                console.print(f"{case}: FAILED: {failed[case]}", highlight=False)
+                continue
+            done[case] = params
+            progress.update(task, advance=1, status=f"{case}: {params['seconds']:.0f} s")
+    elapsed = time.perf_counter() - start
+    console.print(f"{where}{len(done)} simulated, {len(skipped)} skipped (complete), {len(failed)} failed of "
+                  f"{len(mine)} subject(s) in {elapsed:.1f} s", highlight=False)
+
+    # The manifest lists every complete subject (all parts); a part run writes it only when none is missing.
+    source, roles = _manifest_roles(settings)
+    complete: list[tuple[Path, str, dict[str, Path]]] = []
+    missing: list[str] = []
+    for path in files:
+        case = _case_id(path)
+        paths = _projection_paths(out_dir, case, settings)
+        ok = case in done or case in skipped or (
+            case not in failed and paths["json"].exists()
+            and _complete_case(paths, load_volume(path, role="labels").shape, settings, seed) is not None)
+        if ok:
+            complete.append((path, case, paths))
+        else:
+            missing.append(case)
+    if part.count > 1 and missing:
+        console.print(f"manifest not written yet: {len(missing)} subject(s) not complete (other parts may still run; "
+                      f"a run without --part-id after them writes it)", highlight=False)
+    elif complete:
+        cases = [Case(case, {"source": paths[source], "target": paths["full"],
+                             **{r: paths[r] for r in roles}, "label": path}) for path, case, paths in complete]
+        manifest = write_manifest(cases, out_dir / "manifest.csv")
+        summary = {"physics": "projection", "cases": len(cases), "labels_dir": str(labels_dir.resolve()),
+                   "scheme": scheme, "seed": seed, "head": head, "settings": _settings_record(settings),
+                   "missing": missing, "roles": {"source": source, "target": "full", "label": "region labels"},
+                   "seconds_this_run": round(elapsed, 1)}
+        atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
+        console.print(f"manifest {manifest}: {len(cases)} subject(s)", highlight=False)
+    if failed:
+        names = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise VoxdiffError(f"{len(failed)} of {len(mine)} subject(s) failed (the others are kept): {names}")
+
+
+# --------------------------------------------------------------------------- image physics
+def _image_dataset(files: list[Path], *, labels_dir: Path, out_dir: Path, fwhm: float, dose: float,
+                   counts: float | None, mean_counts: float, seed: int, scheme: str, head: str,
+                   tables: Path | None) -> None:
+    """The image-physics dataset builder (unchanged behaviour: all or nothing over the dataset)."""
+    from voxdiff.data.manifest import Case, write_manifest
+
     cases: list[Case] = []
     psnrs: list[float] = []
     start = time.perf_counter()

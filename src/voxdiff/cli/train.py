@@ -18,10 +18,15 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Shortcut for --set train.steps=N."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT_DIR/last.pt if present."),
     resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="OUT_DIR holds an earlier run: move its checkpoints, logs and PNGs "
+                                        "into OUT_DIR/previous-<time>/ and start afresh."),
 ) -> None:
     """Train a model; the merged config is saved with every checkpoint.
 
-    Works on one process or under torchrun (DDP, gloo on CPU / NCCL on GPU).
+    Works on one process or under torchrun (DDP, gloo on CPU / NCCL on GPU). A folder holding an
+    earlier run needs --resume (continue: only train.steps, frequencies, out_dir, device, workers and
+    inference may change) or --overwrite. Ctrl-C or SIGTERM stops after the current checkpoint write.
 
     Example: [cyan]voxdiff train configs/pet_ppdm.yaml --set train.steps=2000 -o runs/pet[/]
 
@@ -36,10 +41,21 @@ def train(
         overrides.append(f"train.out_dir={out_dir}")
     if steps is not None:
         overrides.append(f"train.steps={steps}")
+    from voxdiff.cli.app import err_console
+    from voxdiff.train.checkpoint import TrainingInterrupted
+
     cfg = load_config(config, overrides)
-    trainer = Trainer(cfg, resume=resume_from if resume_from else resume)
+    trainer = Trainer(cfg, resume=resume_from if resume_from else resume, overwrite=overwrite)
     try:
         summary = trainer.fit()
+    except TrainingInterrupted as exc:
+        where = cfg["train"]["out_dir"]
+        saved = (f"the last checkpoint (step {trainer.saved_step}) is in {where}: continue with --resume"
+                 if trainer.saved_step is not None else "no checkpoint was written yet")
+        if trainer.info.is_main:
+            err_console.print(f"interrupted by {exc.signame} at step {trainer.step}; {saved}", highlight=False,
+                              soft_wrap=True)
+        raise typer.Exit(128 + exc.signum) from None
     finally:
         shutdown(trainer.info)
     if trainer.info.is_main:

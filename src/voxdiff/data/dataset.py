@@ -28,8 +28,16 @@ _LABEL_ATOL = 1e-3
 
 
 def check_label_values(volume: Volume, what: str) -> np.ndarray:
-    """Return the label array rounded to integers, or a clear error if it is not integer-valued."""
+    """Return the label array rounded to integers, or a clear error if it is not integer-valued.
+
+    Non-finite values and values beyond +-65535 are refused too (see
+    :func:`voxdiff.io.limits.check_label_range`): such a map is an image, and its "classes" would
+    size one-hot encodings and lookup tables.
+    """
+    from voxdiff.io.limits import check_label_range
+
     arr = volume.array
+    check_label_range(arr, what)
     rounded = np.rint(arr)
     bad = np.abs(arr - rounded) > _LABEL_ATOL
     if bad.any():

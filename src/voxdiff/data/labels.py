@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from voxdiff.errors import VoxdiffError
+from voxdiff.io.atomic import case_name
 
 SINGLE_LABELS_CSV = "muse_single_labels.csv"
 DERIVED_MAPPING_CSV = "muse_derived_mapping.csv"
@@ -221,18 +222,10 @@ def composite_label_map(labels: np.ndarray, classes: Sequence[ClassSpec] | Label
     return lut[arr]
 
 
-def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _volume_files(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise VoxdiffError(f"{folder}: {what} folder not found")
-    files = {_case_id(p): p for p in sorted(folder.iterdir())
+    files = {case_name(p): p for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))}
     if not files:
         raise VoxdiffError(f"{folder}: no volume files (.nii.gz, .nii, .mha, .nrrd) in the {what} folder")

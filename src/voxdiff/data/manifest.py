@@ -19,7 +19,7 @@ import numpy as np
 
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import atomic_write_text
-from voxdiff.io.atomic import full_suffix
+from voxdiff.io.atomic import case_name, full_suffix
 
 __all__ = ["Case", "load_manifest", "scan_folder", "write_manifest", "split_cases", "SCAN_SUFFIXES"]
 
@@ -144,8 +144,6 @@ def load_manifest(path: str | os.PathLike, roles: Sequence[str] | None = None, *
     return cases
 
 
-def _stem(path: Path) -> str:
-    return path.name[: -len(full_suffix(path))] if full_suffix(path) else path.name
 
 
 def scan_folder(root: str | os.PathLike, roles: Sequence[str], *, suffixes: Sequence[str] = SCAN_SUFFIXES) -> list[Case]:
@@ -167,7 +165,7 @@ def scan_folder(root: str | os.PathLike, roles: Sequence[str], *, suffixes: Sequ
         for p in sorted(folder.iterdir()):
             if p.name.startswith(".") or not p.is_file() or full_suffix(p).lower() not in suffixes:
                 continue
-            cid = _stem(p)
+            cid = case_name(p)
             if cid in files:
                 raise VoxdiffError(f"{folder}: case '{cid}' appears twice ({files[cid].name} and {p.name})")
             files[cid] = p

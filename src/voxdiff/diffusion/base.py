@@ -1,29 +1,26 @@
-"""The one noise-process contract every task uses, and the sampling loop built on it.
+"""The noise-process contract, the step result, and the sampling loop that joins a process to a sampler.
 
 A *noise process* defines how clean data ``x0`` is corrupted into ``x_t`` during training
-(:meth:`NoiseProcess.add_noise`), what the network regresses (:meth:`training_target`),
-and how a sampler walks back (:meth:`set_timesteps`, :meth:`initial_state`, :meth:`step`).
-It knows nothing about tasks, images or networks: a task closes over its conditioning in a
-``model_fn(x_t, t) -> output`` and :func:`sample_loop` drives any process with it.
+(:meth:`NoiseProcess.add_noise`), what the network regresses (:meth:`training_target`) and how
+a network output maps back to ``x0`` (:meth:`predict_x0`), plus the schedule lookups samplers
+read. A *sampler* (``voxdiff.diffusion.samplers``) walks the reverse process of one process
+kind; it is chosen at inference, so one trained model can be sampled with DDPM, DDIM or
+DPM-Solver++. A task closes over its conditioning in a ``model_fn(x_t, t) -> output`` and
+:func:`sample_loop` drives any (process, sampler) pair with it.
 
-Conventions (shared by DDPM and the bridge):
-
-* training timesteps are integers ``0 .. num_train_timesteps - 1`` (DDPM) or
-  ``1 .. num_train_timesteps`` (bridge, where ``t = 0`` is the clean target);
-* ``source`` is the volume a process starts from when it has one (the bridge's ``y``); for
-  DDPM it is ignored;
-* ``start`` / ``start_step`` let a sampler begin from a forward-diffused guess instead of
-  the prior (PD-DDPM's pre-segmentation start);
-* every random draw takes an optional ``torch.Generator`` so a seed fixes the result.
+Conventions (eta, clipping, timesteps, errors) are in :mod:`voxdiff.diffusion.conventions`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from voxdiff.diffusion.samplers.base import Sampler
 
 PREDICTION_TYPES = ("x0", "epsilon", "residual", "v")
 
@@ -50,16 +47,17 @@ def expand_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseProcess(ABC):
-    """Abstract noise process: training corruption + reverse-time sampler.
+    """Abstract noise process: forward marginals, training targets and ``x0`` recovery.
 
-    Attributes set by subclasses: ``num_train_timesteps``, ``prediction_type`` (one of
-    :data:`PREDICTION_TYPES`) and, after :meth:`set_timesteps`, ``timesteps`` (a 1-D
-    LongTensor, descending, the steps a sampler visits).
+    Attributes set by subclasses: ``kind`` (the registry name samplers declare they serve),
+    ``num_train_timesteps``, ``prediction_type`` (one of :data:`PREDICTION_TYPES`) and
+    ``default_sampler`` (the sampler name a checkpoint samples with when none is asked for).
     """
 
+    kind: str
     num_train_timesteps: int
     prediction_type: str
-    timesteps: torch.Tensor
+    default_sampler: str
 
     @abstractmethod
     def sample_timesteps(self, batch: int, device: torch.device | str = "cpu",
@@ -79,23 +77,11 @@ class NoiseProcess(ABC):
     @abstractmethod
     def predict_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                    source: torch.Tensor | None = None) -> torch.Tensor:
-        """Convert a network output at ``(x_t, t)`` into an estimate of the clean ``x0``."""
+        """Convert a network output at ``(x_t, t)`` into an (unclipped) estimate of the clean ``x0``."""
 
     @abstractmethod
-    def set_timesteps(self, num_inference_steps: int, start_step: int | None = None) -> None:
-        """Choose the (descending) timesteps a sampler visits; ``start_step`` caps the first."""
-
-    @abstractmethod
-    def initial_state(self, shape: tuple[int, ...], *, source: torch.Tensor | None = None,
-                      start: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The state at ``timesteps[0]``: the prior, or ``start`` forward-diffused to it."""
-
-    @abstractmethod
-    def step(self, model_output: torch.Tensor, t: int | torch.Tensor, x_t: torch.Tensor,
-             generator: torch.Generator | None = None, *, source: torch.Tensor | None = None,
-             eta: float | None = None) -> StepOutput:
-        """One reverse step from ``t`` to the next visited timestep (or to 0 after the last)."""
+    def sampler_defaults(self, name: str) -> dict[str, Any]:
+        """Options stored with the model for sampler ``name`` (e.g. the checkpoint's ``eta``, ``clip_sample``)."""
 
     def config(self) -> dict:
         """Constructor arguments, so the process can be rebuilt from a checkpoint."""
@@ -107,6 +93,7 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def sample_loop(model_fn: ModelFn, process: NoiseProcess, shape: tuple[int, ...], *, steps: int,
+                sampler: str | Sampler | None = None, sampler_options: dict[str, Any] | None = None,
                 source: torch.Tensor | None = None, start: torch.Tensor | None = None,
                 start_step: int | None = None, generator: torch.Generator | None = None,
                 eta: float | None = None, device: torch.device | str = "cpu",
@@ -114,17 +101,22 @@ def sample_loop(model_fn: ModelFn, process: NoiseProcess, shape: tuple[int, ...]
                 ) -> torch.Tensor:
     """Run the reverse process of ``process`` with ``model_fn(x_t, t_batch) -> output``.
 
-    Task-agnostic: the task wraps its conditioning inside ``model_fn``. ``progress`` is called
-    as ``progress(i, n)`` after each step (used for progress bars).
+    ``sampler`` is a registered name (``None``: the process's / checkpoint's default) or a
+    built :class:`~voxdiff.diffusion.samplers.base.Sampler`; ``sampler_options`` and ``eta``
+    (kept for pre-sampler callers; it overrides ``sampler_options["eta"]``) configure a
+    sampler built here. Task-agnostic: the task wraps its conditioning inside ``model_fn``.
+    ``progress`` is called as ``progress(i, n)`` after each step (used for progress bars).
     """
-    process.set_timesteps(steps, start_step=start_step)
-    x = process.initial_state(shape, source=source, start=start, generator=generator,
-                              device=device, dtype=dtype)
-    n = len(process.timesteps)
-    for i, t in enumerate(process.timesteps):
+    from voxdiff.diffusion.samplers import resolve_sampler
+
+    solver = resolve_sampler(sampler, process, sampler_options, eta=eta)
+    solver.set_timesteps(steps, start_step=start_step)
+    x = solver.initial_state(shape, source=source, start=start, generator=generator, device=device, dtype=dtype)
+    n = len(solver.timesteps)
+    for i, t in enumerate(solver.timesteps):
         t_batch = torch.full((shape[0],), int(t), device=x.device, dtype=torch.long)
         out = model_fn(x, t_batch)
-        x = process.step(out, int(t), x, generator=generator, source=source, eta=eta).prev_sample
+        x = solver.step(out, int(t), x, generator=generator, source=source).prev_sample
         if progress is not None:
             progress(i + 1, n)
     return x

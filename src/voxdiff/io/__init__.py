@@ -1,8 +1,9 @@
-"""Volume I/O that keeps geometry: NIfTI (nibabel), MHA/NRRD (SimpleITK), Interfile.
+"""Volume I/O that keeps geometry: NIfTI (nibabel), MHA/NRRD (SimpleITK), Interfile, DICOM series.
 
 A :class:`Volume` carries its array (always ``float32``, axes in file voxel order), its
 4x4 voxel-to-world affine (RAS+, millimetres, as nibabel defines it) and, for NIfTI, the
-original header so that outputs are written in the input's geometry.
+original header so that outputs are written in the input's geometry. A DICOM series folder
+is read and written by :mod:`voxdiff.io.dicom` (units and the source series in ``meta``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from voxdiff.errors import VoxdiffError
 from voxdiff.io.atomic import (atomic_file_set, atomic_path, atomic_write_bytes, atomic_write_text,
                                check_writable_dir, full_suffix)
+from voxdiff.io.dicom import file_series_uid as _dicom_series_uid
+from voxdiff.io.dicom import is_dicom_file as _is_dicom_file
 
 __all__ = [
     "Volume",
@@ -56,6 +59,9 @@ class Volume:
     header: Any = field(default=None, repr=False)
     disk_dtype: np.dtype | None = None
     disk_scaling: tuple[float, float] = (1.0, 0.0)
+    #: Format-specific facts, e.g. for DICOM ``units``, ``suv_factor``, ``dicom_reference``
+    #: (see :func:`voxdiff.io.dicom.read_dicom_series`); empty for other formats.
+    meta: dict = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -69,10 +75,14 @@ class Volume:
 
     @property
     def orientation(self) -> str:
-        """Axis codes such as ``RAS`` or ``LPS`` (nibabel's convention)."""
+        """Axis codes such as ``RAS`` or ``LPS`` (nibabel's convention); ``affine: singular`` (or
+        ``non-finite``) for an affine without an orientation (``voxdiff info`` reports such files)."""
         import nibabel as nib
 
-        return "".join(nib.aff2axcodes(self.affine))
+        from voxdiff.io.limits import affine_problem
+
+        problem = affine_problem(self.affine)
+        return f"affine: {problem}" if problem else "".join(nib.aff2axcodes(self.affine))
 
     def with_array(self, array: np.ndarray) -> "Volume":
         """A new volume with the same geometry and header, holding ``array``."""
@@ -80,7 +90,7 @@ class Volume:
         if array.shape[:3] != self.array.shape[:3]:
             raise ValueError(f"shape {array.shape} does not match the volume's {self.array.shape}")
         return Volume(array=array, affine=self.affine.copy(), path=None, header=self.header,
-                      disk_dtype=self.disk_dtype, disk_scaling=self.disk_scaling)
+                      disk_dtype=self.disk_dtype, disk_scaling=self.disk_scaling, meta=dict(self.meta))
 
 
 def volume_format(path: str | Path) -> str:
@@ -117,25 +127,33 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _check_gzip(path: Path) -> None:
-    """Read a gzip file to its end so that its CRC is verified.
+def _check_gzip(path: Path) -> int:
+    """Read a gzip file to its end so that its CRC is verified; returns the uncompressed size.
 
     nibabel stops reading once it has the voxels it needs, so a corrupted (not truncated)
     stream would otherwise load as silently wrong data.
     """
+    size = 0
     with gzip.open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
+        while chunk := f.read(1 << 24):
+            size += len(chunk)
+    return size
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, np.dtype, tuple[float, float]]:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
+    from voxdiff.io.limits import check_data_size, check_voxel_count
+
     try:
-        if path.name.lower().endswith(".gz"):
-            _check_gzip(path)
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # the header only: the voxels are read below
+        # What the header promises is checked before anything is allocated for it.
+        count = check_voxel_count(img.shape, str(path))
+        offset = getattr(img.dataobj, "offset", None)
+        needed = int(img.header.get_data_offset() if offset is None else offset) + count * img.get_data_dtype().itemsize
+        gz = path.name.lower().endswith(".gz")
+        check_data_size(str(path), needed, _check_gzip(path) if gz else path.stat().st_size)
         # Scaling in float32 keeps a read -> write -> read round trip bit-exact.
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
@@ -177,8 +195,15 @@ def _write_itk(img: Any, path: Path) -> None:
 
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:
     sitk = _sitk()
+    from voxdiff.io.limits import check_voxel_count
+
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header: its size is checked before the voxels are allocated
+        comps = int(reader.GetNumberOfComponents())
+        check_voxel_count(tuple(reader.GetSize()) + ((comps,) if comps > 1 else ()), str(path))
+        img = reader.Execute()
     except RuntimeError as exc:
         raise VoxdiffError(f"{path}: not a readable {full_suffix(path)} file (corrupt, truncated or another format: {_itk_detail(exc)})") from exc
     arr = sitk.GetArrayFromImage(img)
@@ -199,18 +224,38 @@ def load_volume(
     role: str | None = None,
     require_3d: bool = True,
     allow_nonfinite: bool = False,
+    series_uid: str | None = None,
+    units: str | None = None,
+    allow_bad_affine: bool = False,
 ) -> Volume:
     """Load a volume and check it; every problem becomes one clear :class:`VoxdiffError`.
 
     ``role`` (e.g. "source") only decorates messages. A trailing singleton 4th axis is
-    dropped; other 4D data, 2D data and NaN/Inf values are refused.
+    dropped; other 4D data, 2D data and NaN/Inf values are refused. A folder (or one ``.dcm``
+    file of it) is read as a DICOM series: ``series_uid`` chooses one of several, and
+    ``units="suv"`` converts PET to SUV body-weight (see :func:`voxdiff.io.dicom.read_dicom_series`).
     """
     path = Path(path)
     what = f"{path} ({role})" if role else str(path)
     if not path.exists():
         raise VoxdiffError(f"{what}: file not found")
-    if path.is_dir():
-        raise VoxdiffError(f"{what}: is a folder, expected a volume file")
+    if path.is_dir() or (full_suffix(path).lower() not in SUPPORTED_SUFFIXES and _is_dicom_file(path)):
+        from voxdiff.io.dicom import read_dicom_series
+
+        if not path.is_dir() and series_uid is None:
+            series_uid = _dicom_series_uid(path)
+        vol = read_dicom_series(path if path.is_dir() else path.parent, series_uid=series_uid, units=units,
+                                role=role)
+        if not allow_nonfinite and not np.isfinite(vol.array).all():
+            raise VoxdiffError(f"{what}: contains {int((~np.isfinite(vol.array)).sum())} NaN/Inf voxel(s)")
+        if not allow_bad_affine:
+            from voxdiff.io.limits import check_affine
+
+            check_affine(vol.affine, what)
+        return vol
+    if units not in (None, "stored"):
+        raise VoxdiffError(f"{what}: --units {units} needs a DICOM series (its tags); this is a "
+                           f"{full_suffix(path) or 'plain'} file")
     fmt = volume_format(path)
     header = None
     scaling = (1.0, 0.0)
@@ -233,6 +278,10 @@ def load_volume(
     if not allow_nonfinite and not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise VoxdiffError(f"{what}: contains {n_bad} NaN/Inf voxel(s)")
+    if not allow_bad_affine:  # commands compute with geometry; ``info`` only reports it
+        from voxdiff.io.limits import check_affine
+
+        check_affine(affine, what)
     return Volume(array=data, affine=affine, path=path, header=header, disk_dtype=np.dtype(disk_dtype),
                   disk_scaling=scaling)
 
@@ -251,12 +300,17 @@ def save_volume(
     like: Volume | None = None,
     affine: np.ndarray | None = None,
     dtype: str | np.dtype | None = None,
+    format: str | None = None,
+    **dicom: Any,
 ) -> Path:
-    """Write a volume atomically in the format its extension names.
+    """Write a volume atomically in the format its extension names (or ``format="dicom"``).
 
     Geometry comes from ``volume`` itself, else ``like`` (a volume whose affine and header
     are reused: "write in the input's geometry"), else ``affine``. ``dtype`` defaults to
     float32; pass ``"like"`` to reuse the stored dtype of the reference (labels, round trips).
+    ``format="dicom"`` writes a series folder at ``path`` with
+    :func:`voxdiff.io.dicom.save_dicom_series`; ``dicom`` holds its options (``description``,
+    ``model``, ``modality``, ``overwrite``, ...).
     """
     path = Path(path)
     if isinstance(volume, Volume):
@@ -265,6 +319,13 @@ def save_volume(
     else:
         array = np.asarray(volume)
         ref = like
+    if format == "dicom":
+        from voxdiff.io.dicom import save_dicom_series
+
+        return save_dicom_series(array, path, like=ref, affine=None if ref is not None else affine, **dicom)
+    if format is not None or dicom:
+        raise ValueError(f"save_volume: format={format!r} with options {sorted(dicom)}; only format='dicom' "
+                         "takes options (other formats follow the file extension)")
     if ref is not None:
         if tuple(array.shape[:3]) != tuple(ref.array.shape[:3]):
             raise VoxdiffError(f"{path}: output shape {array.shape} differs from the reference geometry {ref.array.shape}")

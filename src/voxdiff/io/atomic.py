@@ -49,6 +49,13 @@ def full_suffix(path: Path) -> str:
     return path.suffix
 
 
+def case_name(path: str | os.PathLike) -> str:
+    """A case's name from its file: the file name without its format suffix (``sub01.nii.gz`` -> ``sub01``)."""
+    path = Path(path)
+    suffix = full_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
 def write_error(path: str | os.PathLike, exc: OSError) -> VoxdiffError:
     """The one-line error for an output that could not be written (disk full, quota, size limit...)."""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
@@ -152,7 +159,10 @@ def all_or_nothing(out_dir: str | os.PathLike | None = None) -> Iterator[list[Pa
         yield written
     except Exception:
         for f in written:
-            Path(f).unlink(missing_ok=True)
+            if Path(f).is_dir():  # a series folder (DICOM) this block wrote
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                Path(f).unlink(missing_ok=True)
         for d in created:  # deepest first
             with contextlib.suppress(OSError):
                 d.rmdir()

@@ -77,12 +77,19 @@ def read_interfile(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     order = "<" if h.get("imagedata byte order", "LITTLEENDIAN").upper().startswith("LITTLE") else ">"
     dtype = np.dtype(order + _FORMATS[(fmt, nbytes)])
     data_path = _data_file(path, data_name)
+    from voxdiff.io.limits import check_data_size, check_voxel_count
+
+    count = check_voxel_count(shape, str(path))  # before anything is allocated for the voxels
+    needed = data_offset + count * dtype.itemsize
     try:
-        raw = bz2.decompress(data_path.read_bytes()) if data_path.suffix == ".bz2" else data_path.read_bytes()
+        if data_path.suffix == ".bz2":
+            with bz2.open(data_path, "rb") as f:  # never decompress more than the header promises
+                raw = f.read(needed)
+        else:
+            check_data_size(str(data_path), needed, data_path.stat().st_size)
+            raw = data_path.read_bytes()
     except (OSError, EOFError, ValueError) as exc:
         raise VoxdiffError(f"{data_path}: could not read Interfile data ({exc})") from exc
-    count = int(np.prod(shape))
-    needed = data_offset + count * dtype.itemsize
     if len(raw) < needed:
         raise VoxdiffError(
             f"{data_path}: truncated Interfile data ({len(raw)} bytes, header needs {needed})"

@@ -1,11 +1,11 @@
 """Backbones: time-conditioned 3D UNet, invertible 3D UNet, puzzle wrapper."""
 
 from voxdiff.nets.embeddings import TimestepEmbedding, sinusoidal_embedding
-from voxdiff.nets.puzzle import PuzzleNet, build_ppdm_net
+from voxdiff.nets.puzzle import PuzzleNet
 from voxdiff.nets.unet import UNet3D
 
 __all__ = ["TimestepEmbedding", "sinusoidal_embedding"]
-__all__ += ["PuzzleNet", "UNet3D", "build_ppdm_net"]
+__all__ += ["PuzzleNet", "UNet3D"]
 from voxdiff.nets.invertible import InvertibleUNet  # noqa: E402
 from voxdiff.nets.memory import saved_activation_bytes  # noqa: E402
 

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from voxdiff.errors import VoxdiffError
-from voxdiff.nets.unet import UNet3D
 from voxdiff.ops.puzzle import as_triple, puzzle, unpuzzle
 
 
@@ -30,7 +29,6 @@ class PuzzleNet(nn.Module):
         self.backbone = backbone
         self.factor = as_triple(factor)
         self.out_channels = int(out_channels)
-        self._build_config: dict | None = None
 
     @property
     def factor_volume(self) -> int:
@@ -65,45 +63,3 @@ class PuzzleNet(nn.Module):
             raise VoxdiffError(f"PuzzleNet backbone returned {out.shape[1]} channels, expected "
                                f"out_channels * r^3 = {expected}")
         return unpuzzle(out, self.factor)
-
-    def config(self) -> dict:
-        """Arguments of :func:`build_ppdm_net` that rebuild this net (only for factory-built nets)."""
-        if self._build_config is None:
-            raise VoxdiffError("this PuzzleNet was not built by build_ppdm_net; save its backbone config instead")
-        return dict(self._build_config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "PuzzleNet":
-        """Rebuild a factory-built net from :meth:`config` (weights not included)."""
-        return build_ppdm_net(**config)
-
-
-def build_ppdm_net(in_channels: int = 1, cond_channels: int = 1, out_channels: int = 1,
-                   factor: int | Sequence[int] = 2, base_channels: int = 32,
-                   channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
-                   attention_levels: Sequence[int] = (), **unet_kwargs) -> PuzzleNet:
-    """A :class:`PuzzleNet` around a :class:`UNet3D` sized for the puzzled channels.
-
-    The backbone takes ``(in_channels + cond_channels) * r^3`` channels and returns
-    ``out_channels * r^3``; its base width is at least the puzzled input channel count.
-    Extra keyword arguments go to :class:`UNet3D` (e.g. ``dropout``, ``gradient_checkpointing``).
-    """
-    r3 = math.prod(as_triple(factor))
-    puzzled_in = (in_channels + cond_channels) * r3
-    for forbidden in ("in_channels", "out_channels"):
-        if forbidden in unet_kwargs:
-            raise VoxdiffError(f"build_ppdm_net sizes the backbone's {forbidden} itself; do not pass it")
-    backbone = UNet3D(in_channels=puzzled_in, out_channels=out_channels * r3,
-                      base_channels=max(int(base_channels), puzzled_in), channel_mults=channel_mults,
-                      num_res_blocks=num_res_blocks, attention_levels=attention_levels, **unet_kwargs)
-    net = PuzzleNet(backbone, factor, out_channels)
-    fac = factor if isinstance(factor, int) else tuple(int(f) for f in factor)
-    net._build_config = dict(in_channels=in_channels, cond_channels=cond_channels, out_channels=out_channels,
-                             factor=fac, base_channels=base_channels, channel_mults=tuple(channel_mults),
-                             num_res_blocks=num_res_blocks, attention_levels=tuple(attention_levels),
-                             **unet_kwargs)
-    return net
-
-
-# Also reachable as ``PuzzleNet.build_ppdm_net(...)``.
-PuzzleNet.build_ppdm_net = staticmethod(build_ppdm_net)  # type: ignore[attr-defined]

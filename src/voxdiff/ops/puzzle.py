@@ -73,6 +73,19 @@ def unpuzzle(x: torch.Tensor, factor: int | Sequence[int]) -> torch.Tensor:
     return rearrange(x, "b (c rd rh rw) d h w -> b c (d rd) (h rh) (w rw)", rd=rd, rh=rh, rw=rw)
 
 
+def pad_spec(shape: Sequence[int], multiple: int | Sequence[int]) -> PadSpec:
+    """Padding ``((before, after),) * 3`` that brings a spatial ``shape`` to a multiple of ``multiple``.
+
+    Split symmetrically; the extra voxel of an odd amount goes after.
+    """
+    mult = as_triple(multiple, "multiple")
+    out = []
+    for n, m in zip(shape, mult):
+        total = (-int(n)) % m
+        out.append((total // 2, total - total // 2))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], mode: str = "constant",
                     value: float = 0.0) -> tuple[torch.Tensor, PadSpec]:
     """Pad the last three axes of ``x`` up to a multiple of ``multiple`` (int or per-axis triple).
@@ -87,13 +100,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], mode: str = 
         raise VoxdiffError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
     if x.ndim < 3:
         raise VoxdiffError(f"pad_to_multiple expects at least 3 axes, got shape {tuple(x.shape)}")
-    mult = as_triple(multiple, "multiple")
     sizes = x.shape[-3:]
-    spec_list = []
-    for n, m in zip(sizes, mult):
-        total = (-n) % m
-        spec_list.append((total // 2, total - total // 2))
-    spec: PadSpec = tuple(spec_list)  # type: ignore[assignment]
+    mult = as_triple(multiple, "multiple")
+    spec = pad_spec(tuple(sizes), mult)
     if all(a == 0 and b == 0 for a, b in spec):
         return x, spec
     if mode == "reflect":

@@ -1,4 +1,4 @@
-"""Simulation of paired training data (low-/full-dose PET on real anatomy)."""
+"""Simulation of paired training data (low-/full-dose PET on real anatomy: image-space or projection-domain)."""
 
 from voxdiff.sim.pet import (
     BRAINWEB_UPTAKE,
@@ -14,6 +14,7 @@ from voxdiff.sim.pet import (
     simulate_tissue_pet,
     tissue_activity_map,
 )
+from voxdiff.sim.physics import ProjectionPet, ProjectionSettings, dose_tag, simulate_projection_pet
 
 __all__ = [
     "BRAINWEB_UPTAKE",
@@ -21,11 +22,15 @@ __all__ = [
     "SCHEMES",
     "TISSUE_UPTAKE",
     "PetPair",
+    "ProjectionPet",
+    "ProjectionSettings",
     "activity_map",
     "case_seed",
+    "dose_tag",
     "head_mask_from_image",
     "head_mask_from_labels",
     "simulate_pet",
+    "simulate_projection_pet",
     "simulate_tissue_pet",
     "tissue_activity_map",
 ]

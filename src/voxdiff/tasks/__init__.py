@@ -13,12 +13,8 @@ _TASK_MODULES = {
     "synthesis": "voxdiff.tasks.conditional:SynthesisTask",
     "segmentation": "voxdiff.tasks.conditional:SegmentationTask",
     "preseg": "voxdiff.tasks.conditional:PreSegmentationTask",
+    "regression": "voxdiff.tasks.regression:RegressionTask",
 }
-
-
-def register_task(name: str, target: str) -> None:
-    """Register a task class by ``"module:Class"`` path (lazy import)."""
-    _TASK_MODULES[name] = target
 
 
 def task_class(name: str) -> type[Task]:
@@ -29,9 +25,19 @@ def task_class(name: str) -> type[Task]:
     return getattr(importlib.import_module(module), cls)
 
 
+def task_names() -> list[str]:
+    """Every registered task name."""
+    return sorted(_TASK_MODULES)
+
+
+def tasks_for_entry_point(command: str) -> tuple[str, ...]:
+    """The tasks whose inference contract names ``command`` (``translate``, ``segment``, ``sample``)."""
+    return tuple(n for n in task_names() if task_class(n).entry_point == command)
+
+
 def build_task(name: str, model_cfg: dict) -> Task:
     """Instantiate the task ``name`` from the ``model`` config section."""
     return task_class(name)(model_cfg)
 
 
-__all__ = ["Task", "build_task", "task_class", "register_task"]
+__all__ = ["Task", "build_task", "task_class", "task_names", "tasks_for_entry_point"]

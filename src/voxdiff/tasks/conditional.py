@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from voxdiff.diffusion.base import sample_loop
 from voxdiff.diffusion.factory import build_process
 from voxdiff.nets.factory import build_network
-from voxdiff.tasks.base import Generators, Task, draw_timesteps, randn
+from voxdiff.errors import VoxdiffError
+from voxdiff.tasks.base import (Generators, OutputSpec, Schedule, Task, check_count, draw_timesteps, focus_timesteps,
+                                randn)
+
+#: Sampling modes of a segmentation model: from a pre-segmentation (PD-DDPM) or from pure noise.
+SEGMENTATION_MODES = ("pd", "vanilla")
 
 
 def coordinate_channels(shape: tuple[int, ...], origin: torch.Tensor | None, full: torch.Tensor | None,
@@ -53,15 +58,19 @@ class ConditionalDiffusionTask(Task):
         "backbone": {"kind": "unet", "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1},
         "puzzle_factor": 1,
         "coords": False,
+        # {focus_max: t, focus_fraction: p}: a share p of training timesteps drawn from 0..t (PD-DDPM).
+        "train_timesteps": None,
     }
 
     def __init__(self, model_cfg: dict) -> None:
-        from voxdiff.train.config import deep_merge
+        from voxdiff.config import deep_merge
 
         cfg = deep_merge(self.defaults, model_cfg)
         super().__init__(cfg)
         self.process = build_process(cfg["process"])
         self.coords = bool(cfg["coords"])
+        focus = cfg.get("train_timesteps") or {}
+        self.focus = (int(focus["focus_max"]), float(focus.get("focus_fraction", 1.0))) if focus else None
         cond_ch = len(self.cond_roles) * int(cfg.get("cond_channels_per_role", 1)) + (3 if self.coords else 0)
         self.data_channels = self.encoded_channels(cfg)
         self.net = build_network(cfg["backbone"], in_channels=self.data_channels, cond_channels=cond_ch,
@@ -100,6 +109,8 @@ class ConditionalDiffusionTask(Task):
         x0 = self.encode(batch)
         b = x0.shape[0]
         t = draw_timesteps(self.process, b, generator, x0.device)
+        if self.focus is not None:
+            t = focus_timesteps(t, self.process.num_train_timesteps, *self.focus, generator)
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.process.add_noise(x0, noise, t)
         cond = self.condition(batch, tuple(x0.shape))
@@ -111,13 +122,14 @@ class ConditionalDiffusionTask(Task):
     def predict(self, inputs: dict[str, torch.Tensor], *, steps: int, generator: torch.Generator | None = None,
                 samples: int = 1, eta: float | None = None, start: torch.Tensor | None = None,
                 start_step: int | None = None, shape: tuple[int, ...] | None = None, progress=None,
-                **_: Any) -> dict[str, torch.Tensor]:
-        """Sample ``samples`` outputs per input; optional ``start`` forward-diffused to ``start_step``."""
+                sampler: str | None = None, **_: Any) -> dict[str, torch.Tensor]:
+        """Sample ``samples`` outputs per input; optional ``start`` forward-diffused to ``start_step``;
+        ``sampler`` is a registered sampler name (None = the checkpoint's)."""
         ref = next(iter(inputs.values())) if inputs else None
         if ref is not None:
             b, spatial, device = ref.shape[0], tuple(ref.shape[2:]), ref.device
         else:
-            b, spatial, device = shape[0], tuple(shape[2:]), "cpu"
+            b, spatial, device = shape[0], tuple(shape[2:]), next(self.net.parameters()).device
         full_shape = (b * samples, self.data_channels, *spatial)
         if self.coords and "coords" not in inputs and ref is not None:
             inputs = {**inputs, "coords": coordinate_channels((b, 1, *spatial), None, None, device)}
@@ -129,7 +141,7 @@ class ConditionalDiffusionTask(Task):
             return self.net(x, t, cond=cond)
 
         x = sample_loop(model_fn, self.process, full_shape, steps=steps, start=start_rep, start_step=start_step,
-                        generator=generator, eta=eta, device=device, progress=progress)
+                        generator=generator, eta=eta, sampler=sampler, device=device, progress=progress)
         x = x.reshape(b, samples, *x.shape[1:]).transpose(0, 1)
         return self.decode(x)
 
@@ -159,6 +171,8 @@ class SynthesisTask(ConditionalDiffusionTask):
     input_roles = ()
     output_role = "image"
     cond_roles = ()
+    entry_point = "sample"
+    outputs = {"output": OutputSpec("intensity", "a new volume in the training data's units")}
 
 
 class SegmentationTask(ConditionalDiffusionTask):
@@ -174,6 +188,54 @@ class SegmentationTask(ConditionalDiffusionTask):
     output_role = "label"
     label_roles = ("label",)
     cond_roles = ("image",)
+    entry_point = "segment"
+    outputs = {
+        "labels": OutputSpec("labels", "argmax of the mean class probabilities"),
+        "probs": OutputSpec("probabilities", "mean class probabilities over the samples"),
+        "entropy": OutputSpec("map", "entropy of the mean probabilities (total uncertainty)"),
+        "variance": OutputSpec("map", "class-probability variance over the samples", min_samples=2),
+        "mutual_information": OutputSpec("map", "mutual information (epistemic part of the entropy)", min_samples=2),
+    }
+    primary_output = "labels"
+    start_role = "preseg"
+    start_task = "preseg"
+
+    def schedule(self, inference_cfg, *, steps: int | None = None, samples: int = 1, eta: float | None = None,
+                 sampler: str | None = None, start_step: int | None = None, mode: str | None = None) -> Schedule:
+        """``(t', K)`` for a mode: PD defaults to ``inference.start_step`` (else ``T // 4``) and
+        ``inference.steps`` (capped at ``t' + 1``); vanilla to all ``T`` steps from noise."""
+        mode = "pd" if mode is None else mode
+        if mode not in SEGMENTATION_MODES:
+            raise VoxdiffError(f"--mode must be one of {', '.join(SEGMENTATION_MODES)}, got '{mode}'")
+        samples = check_count("--samples", samples, 1)
+        T = self.num_train_timesteps
+        sampler, eta_v = self.sampler_choice(inference_cfg, sampler, eta)
+        if mode == "vanilla":
+            if start_step is not None:
+                raise VoxdiffError("--start-step applies to --mode pd only (vanilla starts from pure noise at T-1)")
+            k = check_count("--steps", T if steps is None else steps, 1, T)
+            return Schedule(steps=k, samples=samples, eta=eta_v, sampler=sampler, mode=mode)
+        t0 = check_count("--start-step", start_step if start_step is not None
+                         else (inference_cfg.get("start_step") or T // 4), 0, T - 1)
+        k = min(int(inference_cfg.get("steps", 10)), t0 + 1) if steps is None else steps
+        if not isinstance(k, bool) and isinstance(k, int) and not 1 <= k <= t0 + 1:
+            raise VoxdiffError(f"--steps must lie in 1..{t0 + 1} when starting at --start-step {t0}, got {k}")
+        k = check_count("--steps", k, 1, t0 + 1)
+        return Schedule(steps=k, samples=samples, eta=eta_v, sampler=sampler, start_step=t0, mode=mode)
+
+    def encode_start(self, labels: torch.Tensor) -> torch.Tensor:
+        """A pre-segmentation label map (B, 1, ...) with labels ``0..K-1`` as the diffusion start."""
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi > self.data_channels - 1:
+            raise VoxdiffError(f"pre-segmentation labels must lie in 0..{self.data_channels - 1} (the model's "
+                               f"classes), found {lo}..{hi}; remap them first (voxdiff make-labels)")
+        return self.encode_labels(labels.round().long())
+
+    def finalize(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Window blending averages everything, so the labels are re-derived from the blended probabilities."""
+        out = dict(out)
+        out["labels"] = out["probs"].argmax(dim=1, keepdim=True)
+        return out
 
     def encoded_channels(self, cfg: dict) -> int:
         """One channel per class."""
@@ -223,6 +285,13 @@ class PreSegmentationTask(Task):
     input_roles = ("image",)
     output_role = "label"
     label_roles = ("label",)
+    entry_point = "segment"
+    outputs = {
+        "labels": OutputSpec("labels", "argmax of the softmax probabilities"),
+        "probs": OutputSpec("probabilities", "softmax class probabilities"),
+        "entropy": OutputSpec("map", "entropy of the softmax probabilities"),
+    }
+    primary_output = "labels"
 
     def __init__(self, model_cfg: dict) -> None:
         from monai.losses import DiceCELoss
@@ -250,6 +319,22 @@ class PreSegmentationTask(Task):
         return {"labels": probs.argmax(dim=1, keepdim=True).float(), "probs": probs}
 
     validation_metrics = SegmentationTask.validation_metrics
+
+    def schedule(self, inference_cfg, *, steps: int | None = None, samples: int = 1, eta: float | None = None,
+                 sampler: str | None = None, start_step: int | None = None, mode: str | None = None) -> Schedule:
+        """One network pass: sampling options do not apply."""
+        if mode is not None or start_step is not None or steps is not None:
+            raise VoxdiffError("--mode / --start-step / --steps apply to a PD-DDPM model; this --model is a preseg "
+                               "model (one network pass)")
+        if sampler is not None:
+            raise VoxdiffError("--sampler applies to a diffusion model; this --model is a preseg model (one network pass)")
+        return Schedule(steps=0, samples=1, mode="preseg")
+
+    def finalize(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Labels and entropy from the (window-blended) probabilities."""
+        probs = out["probs"].float()
+        return {"probs": probs, "labels": probs.argmax(dim=1, keepdim=True),
+                "entropy": -torch.special.xlogy(probs, probs).sum(dim=1, keepdim=True)}
 
     @property
     def data_channels(self) -> int:

@@ -12,60 +12,42 @@ from typing import Any
 import numpy as np
 import torch
 
+from voxdiff.ops.puzzle import crop_to, pad_spec, pad_to_multiple
 from voxdiff.tasks.base import Task
-
-
-def _pad_amounts(shape: tuple[int, ...], multiple: int) -> list[tuple[int, int]]:
-    out = []
-    for s in shape:
-        total = (-s) % multiple
-        out.append((total // 2, total - total // 2))
-    return out
-
-
-def pad_volume(x: torch.Tensor, multiple: int, value: float = 0.0,
-               mode: str = "constant") -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Pad (B, C, X, Y, Z) symmetrically so each spatial size divides ``multiple``.
-
-    ``mode="constant"`` fills with ``value``; ``"replicate"`` repeats the edge voxels.
-    """
-    pads = _pad_amounts(tuple(x.shape[2:]), multiple)
-    flat = [p for pair in reversed(pads) for p in pair]
-    if mode == "constant":
-        return torch.nn.functional.pad(x, flat, value=value), pads
-    if not any(flat):
-        return x, pads
-    return torch.nn.functional.pad(x, flat, mode=mode), pads
-
-
-def crop_back(x: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
-    """Undo :func:`pad_volume`."""
-    sl = [slice(None), slice(None)] + [slice(a, x.shape[2 + i] - b) for i, (a, b) in enumerate(pads)]
-    return x[tuple(sl)]
 
 
 def predict_volume(task: Task, inputs: dict[str, torch.Tensor], *, steps: int, pad_value: float = -1.0,
                    max_voxels: int = 16_777_216, roi: int | tuple[int, int, int] | None = None,
                    overlap: float = 0.25, generator: torch.Generator | None = None,
-                   start: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+                   start: torch.Tensor | None = None, shape: tuple[int, int, int] | None = None,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
     """Predict on whole normalised volumes (B, C, X, Y, Z) of any size; outputs cropped back.
 
     ``start`` (a tensor on the inputs' grid, e.g. an encoded pre-segmentation for PD-DDPM) is
     padded by edge replication and, with sliding windows, cut into the same windows as the
-    inputs, then handed to ``task.predict(..., start=...)``.
+    inputs, then handed to ``task.predict(..., start=...)``. A task without inputs (synthesis)
+    samples one volume of spatial ``shape`` (padded to the network's multiple, cropped back).
     """
     multiple = task.required_multiple
+    if not inputs:
+        if shape is None:
+            raise ValueError("predict_volume needs inputs or, for a task without inputs, a shape")
+        pads = pad_spec(tuple(shape), multiple)
+        padded_shape = tuple(s + a + b for s, (a, b) in zip(shape, pads))
+        with torch.no_grad():
+            out = task.predict({}, steps=steps, generator=generator, shape=(1, 1, *padded_shape), **kwargs)
+        return {k: crop_to(v, pads) for k, v in out.items()}
     roles = list(inputs)
     padded, pads = {}, None
     for r in roles:
-        padded[r], pads = pad_volume(inputs[r], multiple, pad_value)
+        padded[r], pads = pad_to_multiple(inputs[r], multiple, value=pad_value)
     extra: dict[str, torch.Tensor] = {}
     if start is not None:
         ref = inputs[roles[0]]
         if start.shape[0] != ref.shape[0] or tuple(start.shape[2:]) != tuple(ref.shape[2:]):
             raise ValueError(f"start of shape {tuple(start.shape)} does not match the inputs' "
                              f"batch and grid {tuple(ref.shape)}")
-        extra["start"] = pad_volume(start.to(ref.dtype), multiple, mode="replicate")[0]
+        extra["start"] = pad_to_multiple(start.to(ref.dtype), multiple, mode="replicate")[0]
     spatial = tuple(next(iter(padded.values())).shape[2:])
     if getattr(task, "coords", False) and "coords" not in padded:
         # Global coordinates of the padded grid, so each sliding window knows where it is.
@@ -102,4 +84,4 @@ def predict_volume(task: Task, inputs: dict[str, torch.Tensor], *, steps: int, p
 
             out = sliding_window_inference(stacked, roi_t, 1, predictor, overlap=overlap, mode="gaussian",
                                            padding_mode="replicate")
-    return {k: crop_back(v, pads) for k, v in out.items()}
+    return {k: crop_to(v, pads) for k, v in out.items()}

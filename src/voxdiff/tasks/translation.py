@@ -11,7 +11,10 @@ from voxdiff.diffusion.base import sample_loop
 from voxdiff.diffusion.factory import build_process
 from voxdiff.losses import gradient_difference_loss
 from voxdiff.nets.factory import build_network
-from voxdiff.tasks.base import Generators, Task, draw_timesteps, randn
+from voxdiff.tasks.base import Generators, Schedule, Task, draw_timesteps, randn
+
+#: Default bridge stochasticity when several samples are averaged (deterministic samples would all agree).
+ENSEMBLE_ETA = 0.3
 
 DEFAULT_MODEL: dict[str, Any] = {
     "process": {"kind": "bridge", "num_train_timesteps": 1000, "prediction_type": "x0"},
@@ -37,7 +40,7 @@ class TranslationTask(Task):
     output_role = "target"
 
     def __init__(self, model_cfg: dict) -> None:
-        from voxdiff.train.config import deep_merge
+        from voxdiff.config import deep_merge
 
         cfg = deep_merge(DEFAULT_MODEL, model_cfg)
         super().__init__(cfg)
@@ -69,8 +72,10 @@ class TranslationTask(Task):
 
     @torch.no_grad()
     def predict(self, inputs: dict[str, torch.Tensor], *, steps: int, generator: torch.Generator | None = None,
-                samples: int = 1, eta: float | None = None, progress=None, **_: Any) -> dict[str, torch.Tensor]:
-        """Sample the target from ``inputs["source"]``; with ``samples > 1`` also the voxel std."""
+                samples: int = 1, eta: float | None = None, sampler: str | None = None, progress=None,
+                **_: Any) -> dict[str, torch.Tensor]:
+        """Sample the target from ``inputs["source"]`` (``sampler``: a registered name, None = the checkpoint's);
+        with ``samples > 1`` also the voxel std."""
         y = inputs["source"]
         b = y.shape[0]
         ys = y.repeat_interleave(samples, dim=0) if samples > 1 else y
@@ -79,12 +84,19 @@ class TranslationTask(Task):
             return self.net(x, t, cond=ys)
 
         x = sample_loop(model_fn, self.process, tuple(ys.shape), steps=steps, source=ys, generator=generator,
-                        eta=eta, device=y.device, dtype=y.dtype, progress=progress)
+                        eta=eta, sampler=sampler, device=y.device, dtype=y.dtype, progress=progress)
         x = x.reshape(b, samples, *x.shape[1:])
         out = {"output": x.mean(dim=1)}
         if samples > 1:
             out["std"] = x.std(dim=1, unbiased=True)
         return out
+
+    def schedule(self, inference_cfg, *, samples: int = 1, eta: float | None = None, **options) -> Schedule:
+        """As :meth:`Task.schedule`; with several samples the default ``eta`` is :data:`ENSEMBLE_ETA`."""
+        sched = super().schedule(inference_cfg, samples=samples, eta=eta, **options)
+        if eta is None and sched.samples > 1:
+            sched.eta = ENSEMBLE_ETA
+        return sched
 
     def validation_metrics(self, pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """PSNR/SSIM/MAE of output and of the identity (source) baseline, in normalised units."""

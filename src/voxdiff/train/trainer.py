@@ -8,11 +8,14 @@ and N processes sharing a global batch see exactly the samples and noise one pro
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import math
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,12 @@ from voxdiff.errors import VoxdiffError
 from voxdiff.io import atomic_write_text
 from voxdiff.tasks import Task, build_task
 from voxdiff.train import distributed as D
-from voxdiff.train.checkpoint import load_checkpoint, save_checkpoint
-from voxdiff.train.config import dump_config
+from voxdiff.config import RESUME_MUTABLE, check_device, config_difference
+from voxdiff.train.checkpoint import (InterruptGuard, earlier_run, find_resume_checkpoint, load_checkpoint,
+                                      move_run_aside, remove_stale_temp, save_checkpoint, truncate_log)
+from voxdiff.train.config import dump_config, with_defaults
 from voxdiff.train.ema import EMA
+from voxdiff.train.tensorboard import TensorBoardLog
 
 _SEED_STRIDE = 1_000_003
 
@@ -87,15 +93,32 @@ def _stack(items: list[dict], roles: tuple[str, ...], device: torch.device) -> d
 class Trainer:
     """Train a task from a merged config (see :mod:`voxdiff.train.config`).
 
-    ``resume`` may be ``True`` (take ``out_dir/last.pt`` if it exists) or a checkpoint path.
+    ``resume`` may be ``True`` (the newest complete checkpoint of ``out_dir``, if any) or a
+    checkpoint path. Without it, an ``out_dir`` holding an earlier run is refused, unless
+    ``overwrite`` moves that run's files aside (into ``out_dir/previous-<time>/``).
+
+    Resume integrity: the checkpoint's config must equal this one except for the keys in
+    :data:`voxdiff.config.RESUME_MUTABLE` (length, logging / validation / checkpoint
+    frequencies, out_dir, device, workers, inference); the logs are cut back to the
+    checkpoint's step; a truncated or corrupt ``last.pt`` falls back to the newest complete
+    ``step_*.pt``. Checkpoints are pruned only among those this run's lineage wrote (recorded
+    in each checkpoint with its ``run_id``). SIGINT and SIGTERM stop training between writes.
     """
 
-    def __init__(self, cfg: dict, *, resume: bool | str | Path = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: dict, *, resume: bool | str | Path = False, quiet: bool = False,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         tr = cfg["train"]
+        check_device(tr.get("device", "auto"), "train.device")
         self.info = D.init_distributed(tr.get("device", "auto"))
         self.quiet = quiet or not self.info.is_main
         self.out_dir = Path(tr["out_dir"])
+        self.run_id = uuid.uuid4().hex
+        self.own_checkpoints: list[str] = []   # step_*.pt names this run (and the runs it resumes) wrote
+        self.saved_step: int | None = None
+        self.guard = InterruptGuard()
+        if self.info.is_main:
+            self._prepare_out_dir(resume, overwrite)
         self.seed = int(cfg["seed"])
         # Per-rank seed for anything not drawn from the per-sample generators (dropout, ...).
         torch.manual_seed(self.seed + self.info.rank)
@@ -123,6 +146,22 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self._resume(resume)
+
+    def _prepare_out_dir(self, resume: bool | str | Path, overwrite: bool) -> None:
+        """Remove stale temporary files; refuse (or, with ``overwrite``, move aside) an earlier run."""
+        if resume and overwrite:
+            raise VoxdiffError("--resume and --overwrite exclude each other: continue the run or replace it")
+        for p in remove_stale_temp(self.out_dir):
+            if not self.quiet:
+                print(f"removed {p.name}, a temporary file left by an interrupted run")
+        found = earlier_run(self.out_dir)
+        if found and not resume:
+            if not overwrite:
+                raise VoxdiffError(f"{self.out_dir}: holds an earlier training run ({', '.join(found)}); continue it "
+                                   "with --resume, move it aside with --overwrite, or choose another --out-dir")
+            dest = move_run_aside(self.out_dir)
+            if not self.quiet:
+                print(f"moved the earlier run's files into {dest}")
 
     # ------------------------------------------------------------------ data
     def _setup_data(self) -> None:
@@ -195,6 +234,8 @@ class Trainer:
             "split": self.split,
             "required_multiple": self.task.required_multiple,
             "reference_geometry": self.reference_geometry,
+            "run_id": self.run_id,
+            "checkpoints": list(self.own_checkpoints),
         }
 
     def save(self) -> Path | None:
@@ -202,20 +243,35 @@ class Trainer:
         if not self.info.is_main:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = self.state()
-        path = save_checkpoint(self.out_dir / f"step_{self.step:07d}.pt", state)
-        save_checkpoint(self.out_dir / "last.pt", state)
-        keep = int(self.cfg["train"]["keep_checkpoints"])
-        old = sorted(self.out_dir.glob("step_*.pt"))
-        for p in old[:-keep] if keep > 0 else []:
-            p.unlink(missing_ok=True)
+        name = f"step_{self.step:07d}.pt"
+        with self.guard.writing():  # a signal waits until both files are complete
+            if name not in self.own_checkpoints:
+                self.own_checkpoints.append(name)
+            state = self.state()
+            path = save_checkpoint(self.out_dir / name, state)
+            save_checkpoint(self.out_dir / "last.pt", state)
+            self.saved_step = self.step
+            # Only this lineage's step files are pruned: another run's files in the folder stay.
+            keep = int(self.cfg["train"]["keep_checkpoints"])
+            own = sorted(n for n in self.own_checkpoints if (self.out_dir / n).exists())
+            for n in own[:-keep] if keep > 0 else []:
+                (self.out_dir / n).unlink(missing_ok=True)
+            self.own_checkpoints = [n for n in self.own_checkpoints if (self.out_dir / n).exists()]
         return path
 
     def _resume(self, resume: bool | str | Path) -> None:
-        path = self.out_dir / "last.pt" if resume is True else Path(resume)
-        if resume is True and not path.exists():
-            return
-        ckpt = load_checkpoint(path, task=self.task.name, map_location=self.info.device)
+        say = (lambda text: None) if self.quiet else print
+        if resume is True:
+            ckpt = find_resume_checkpoint(self.out_dir, task=self.task.name, map_location=self.info.device, warn=say)
+            if ckpt is None:  # nothing to resume: a fresh run, whose logs start over
+                if self.info.is_main:
+                    for name in ("train_log.csv", "val_log.csv"):
+                        truncate_log(self.out_dir / name, 0)
+                return
+        else:
+            ckpt = load_checkpoint(resume, task=self.task.name, map_location=self.info.device)
+        path = Path(ckpt["path"])
+        self._check_resumable(ckpt, path)
         missing = [k for k in ("model", "ema", "optimizer", "scaler", "step", "rng") if k not in ckpt]
         if missing:
             raise VoxdiffError(f"{path}: an inference-only checkpoint (no {', '.join(missing)}); "
@@ -229,10 +285,37 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         set_rng_state(ckpt["rng"])
+        self.saved_step = self.step
+        self.run_id = ckpt.get("run_id") or self.run_id
+        self.own_checkpoints = list(ckpt.get("checkpoints") or [])
+        if self.info.is_main:
+            for name in ("train_log.csv", "val_log.csv"):
+                if truncate_log(self.out_dir / name, self.step) and not self.quiet:
+                    print(f"{name}: cut back to step {self.step}")
         if not self.quiet:
             print(f"resumed from {path} at step {self.step}")
 
+    def _check_resumable(self, ckpt: dict, path: Path) -> None:
+        """Refuse a resume whose config would change the run (see :data:`voxdiff.config.RESUME_MUTABLE`)."""
+        if isinstance(ckpt.get("config"), dict):
+            diff = config_difference(with_defaults(ckpt["config"]), self.cfg, RESUME_MUTABLE)
+            if diff is not None:
+                key, old, new = diff
+                raise VoxdiffError(
+                    f"{path}: cannot resume with a changed {key} (checkpoint {old!r}, now {new!r}); a resumed "
+                    f"run may change only {', '.join(RESUME_MUTABLE)}, so start a new run in another --out-dir")
+        step = int(ckpt.get("step", 0))
+        if int(self.cfg["train"]["steps"]) < step:
+            raise VoxdiffError(f"{path}: train.steps ({self.cfg['train']['steps']}) is below the checkpoint's step "
+                               f"{step}; ask for more steps to continue")
+        if ckpt.get("split") is not None and ckpt["split"] != self.split:
+            raise VoxdiffError(f"{path}: the data gives another train/val/test split than the checkpoint's "
+                               "(data.manifest or data.folder now lists other cases)")
+
     # ------------------------------------------------------------------ loop
+    #: TensorBoard events in ``out_dir/tb`` (rank 0, opened by fit()); a no-op log otherwise.
+    tb: TensorBoardLog = TensorBoardLog()
+
     def _lr(self) -> float:
         tr = self.cfg["train"]
         warm = int(tr["warmup_steps"])
@@ -251,7 +334,7 @@ class Trainer:
         for micro in range(accum):
             batch, gens = self._batch(micro)
             sync = micro == accum - 1 or not self.info.enabled
-            ctx = self.model.no_sync() if not sync else _nullcontext()
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with _autocast(self.info.device, tr["precision"]):
                     loss, logs = self.model(batch, gens)
@@ -279,11 +362,12 @@ class Trainer:
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.yaml", dump_config(self.cfg))
+            self.tb = TensorBoardLog.open(self.out_dir / "tb", start_step=self.step, quiet=self.quiet)
         t0 = time.time()
         deadline = t0 + 60 * float(tr["max_minutes"]) if tr.get("max_minutes") else math.inf
         progress = _Progress(steps, self.step, disabled=self.quiet)
         last_val: dict[str, float] = {}
-        with progress:
+        with self.guard, progress:
             while self.step < steps:
                 ts = time.time()
                 logs = self.train_step()
@@ -306,9 +390,11 @@ class Trainer:
 
             training_curves(self.out_dir / "train_log.csv", self.out_dir / "val_log.csv",
                             self.out_dir / "curves.png")
+            self.tb.close()
         return summary
 
     def _log_row(self, name: str, row: dict) -> None:
+        self.tb.log_row(name, row)
         path = self.out_dir / name
         new = not path.exists()
         with open(path, "a", newline="") as f:
@@ -353,6 +439,7 @@ class Trainer:
                     ranges["|error|"] = (0.0, max(float(np.percentile(err, 99.5)), 1e-6))
                     montage(panels, self.out_dir / f"val_step{self.step:07d}.png",
                             title=f"{item['case']} step {self.step}", ranges=ranges, cmaps={"|error|": "magma"})
+                    self.tb.image("val/montage", self.out_dir / f"val_step{self.step:07d}.png", self.step)
         finally:
             self.task.load_state_dict(backup)
         mean = {k: float(np.mean(v)) for k, v in metrics.items()}
@@ -360,14 +447,6 @@ class Trainer:
         self.history.append({"step": self.step, **mean})
         D.barrier(self.info)
         return mean
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Progress:

@@ -1,24 +1,17 @@
-"""Evaluation metrics for whole 3D volumes: image similarity and per-label segmentation overlap.
+"""Image similarity of whole 3D volumes: PSNR, SSIM, MAE, NMSE, NRMSE (conventions: ``docs/metrics.md``).
 
-Numpy arrays in, Python floats out. The conventions (data range, mask, SSIM window, empty
-structures) are written down in ``docs/metrics.md`` and summarised here:
-
-* Image metrics are computed per volume in the target's intensity units. ``data_range``
-  defaults to ``max - min`` of the target inside the mask (whole volume without a mask).
-  PSNR, MAE and NMSE use only the voxels inside the mask. SSIM is 3D with a Gaussian
-  window of 11 voxels (sigma 1.5, K1 0.01, K2 0.03, as MONAI's ``SSIMMetric``), computed on
-  the whole volumes and its map averaged over the mask voxels at least half a window from
-  the border (without a mask this equals MONAI's ``SSIMMetric`` exactly).
-* Segmentation metrics are per label: Dice, and HD95 in millimetres (MONAI's symmetric
-  95th-percentile surface distance using the voxel spacing). Both structures empty: Dice 1,
-  HD95 0. Exactly one empty: Dice 0, HD95 NaN (undefined).
+Metrics are computed per volume in the target's intensity units. ``data_range`` defaults to
+``max - min`` of the target inside the mask (whole volume without a mask). PSNR, MAE, NMSE and
+NRMSE use only the voxels inside the mask. SSIM is 3D with a Gaussian window of 11 voxels
+(sigma 1.5, K1 0.01, K2 0.03, as MONAI's ``SSIMMetric``), computed on the whole volumes and its
+map averaged over the mask voxels at least half a window from the border (without a mask this
+equals MONAI's ``SSIMMetric`` exactly).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,24 +23,19 @@ __all__ = [
     "SSIM_WINDOW",
     "SSIM_SIGMA",
     "IMAGE_METRICS",
-    "SEG_METRICS",
     "default_data_range",
     "psnr",
     "ssim",
     "mae",
     "nmse",
+    "nrmse",
     "image_metrics",
-    "dice",
-    "hd95",
-    "segmentation_metrics",
-    "summarize",
 ]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-IMAGE_METRICS = ("psnr", "ssim", "mae", "nmse")
-SEG_METRICS = ("dice", "hd95")
+IMAGE_METRICS = ("psnr", "ssim", "mae", "nmse", "nrmse")
 
 
 def _pair(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -123,6 +111,16 @@ def nmse(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -
     return num / den
 
 
+def nrmse(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Normalised RMSE ``||pred - target||_2 / ||target||_2`` inside the mask (``sqrt`` of :func:`nmse`).
+
+    The Euclidean normalisation of ``skimage.metrics.normalized_root_mse`` (its default):
+    independent of the data range and of the voxel count, so it compares across doses and
+    subjects. ``inf`` when the target is 0 inside the mask and the prediction is not.
+    """
+    return math.sqrt(nmse(pred, target, mask))
+
+
 def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     # Same sampling and normalisation as MONAI's SSIM kernel.
     dist = torch.arange((1 - size) / 2, (1 + size) / 2, 1.0, dtype=torch.float64)
@@ -193,136 +191,19 @@ def image_metrics(
     mask: np.ndarray | None = None,
     data_range: float | None = None,
 ) -> dict[str, float]:
-    """PSNR (dB), SSIM, MAE and NMSE of one predicted volume against its target.
+    """PSNR (dB), SSIM, MAE, NMSE and NRMSE of one predicted volume against its target.
 
-    Returns ``{"psnr", "ssim", "mae", "nmse", "data_range"}``; ``data_range`` defaults to the
+    Returns ``{"psnr", "ssim", "mae", "nmse", "nrmse", "data_range"}``; ``data_range`` defaults to the
     target's ``max - min`` inside ``mask`` (voxels outside the mask are ignored, see module doc).
     """
     pred, target, mask = _pair(pred, target, mask)
     rng = _check_range(default_data_range(target, mask) if data_range is None else data_range)
+    err = nmse(pred, target, mask)
     return {
         "psnr": psnr(pred, target, rng, mask),
         "ssim": ssim(pred, target, rng, mask),
         "mae": mae(pred, target, mask),
-        "nmse": nmse(pred, target, mask),
+        "nmse": err,
+        "nrmse": math.sqrt(err),
         "data_range": rng,
     }
-
-
-def _crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cropped to their joint bounding box plus ``margin`` background voxels.
-
-    Dice and surface distances do not change (the margin keeps border voxels as surface
-    voxels), while small structures in whole-brain label maps cost a fraction of the time.
-    """
-    union = a | b
-    box = []
-    for axis in range(union.ndim):
-        hit = np.flatnonzero(union.any(axis=tuple(i for i in range(union.ndim) if i != axis)))
-        box.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + 1 + margin))
-    return a[tuple(box)], b[tuple(box)]
-
-
-def _binary_tensor(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-
-
-def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Dice overlap of two binary masks (MONAI); 1.0 when both are empty."""
-    from monai.metrics import compute_dice
-
-    pred_mask, true_mask = np.asarray(pred_mask).astype(bool), np.asarray(true_mask).astype(bool)
-    if pred_mask.shape != true_mask.shape:
-        raise VoxdiffError(f"prediction shape {pred_mask.shape} differs from reference shape {true_mask.shape}")
-    if not pred_mask.any() and not true_mask.any():
-        return 1.0
-    pred_mask, true_mask = _crop_to_union(pred_mask, true_mask)
-    value = compute_dice(_binary_tensor(pred_mask), _binary_tensor(true_mask), include_background=True, ignore_empty=False)
-    return float(value.item())
-
-
-def hd95(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """Symmetric 95th-percentile Hausdorff distance between mask surfaces, in the units of ``spacing`` (mm).
-
-    MONAI's definition: the 95th percentile of the surface distances from prediction to
-    reference and from reference to prediction, the larger of the two. 0.0 when both masks
-    are empty, NaN when exactly one is.
-    """
-    from monai.metrics import compute_hausdorff_distance
-
-    pred_mask, true_mask = np.asarray(pred_mask).astype(bool), np.asarray(true_mask).astype(bool)
-    if pred_mask.shape != true_mask.shape:
-        raise VoxdiffError(f"prediction shape {pred_mask.shape} differs from reference shape {true_mask.shape}")
-    has_pred, has_true = bool(pred_mask.any()), bool(true_mask.any())
-    if not has_pred and not has_true:
-        return 0.0
-    if has_pred != has_true:
-        return math.nan
-    spacing = [float(s) for s in spacing]
-    if len(spacing) != pred_mask.ndim:
-        raise ValueError(f"spacing {spacing} needs one value per axis of a {pred_mask.ndim}D mask")
-    pred_mask, true_mask = _crop_to_union(pred_mask, true_mask)
-    with warnings.catch_warnings():
-        # MONAI 1.5+ warns about one of its own deprecated internal arguments.
-        warnings.simplefilter("ignore", FutureWarning)
-        value = compute_hausdorff_distance(_binary_tensor(pred_mask), _binary_tensor(true_mask),
-                                           include_background=True, percentile=95, spacing=spacing)
-    return float(value.item())
-
-
-def _as_labels(array: np.ndarray, what: str) -> np.ndarray:
-    array = np.asarray(array)
-    if np.issubdtype(array.dtype, np.integer):
-        return array
-    if not np.isfinite(array).all():
-        raise VoxdiffError(f"{what} label map contains NaN/Inf values")
-    rounded = np.rint(array)
-    if np.abs(array - rounded).max(initial=0.0) > 1e-3:
-        raise VoxdiffError(f"{what} is not a label map (it holds non-integer values)")
-    return rounded.astype(np.int64)
-
-
-def segmentation_metrics(
-    pred_labels: np.ndarray,
-    true_labels: np.ndarray,
-    labels: Iterable[int] | None = None,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> dict[int, dict[str, float]]:
-    """Per-label Dice and HD95 (mm) of a predicted label map against the reference.
-
-    ``labels`` defaults to every nonzero label present in either map. Returns
-    ``{label: {"dice": float, "hd95": float}}``; empty-structure conventions as in :func:`hd95`.
-    """
-    pred = _as_labels(pred_labels, "prediction")
-    true = _as_labels(true_labels, "reference")
-    if pred.shape != true.shape:
-        raise VoxdiffError(f"prediction shape {pred.shape} differs from reference shape {true.shape}")
-    if labels is None:
-        labels = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(true)) if v != 0)
-    out: dict[int, dict[str, float]] = {}
-    for label in labels:
-        p, t = pred == int(label), true == int(label)
-        out[int(label)] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing)}
-    return out
-
-
-def summarize(rows: Iterable[Mapping[str, float]], keys: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation (ddof=0) of each metric over cases.
-
-    Non-finite values (PSNR ``inf`` of identical volumes, HD95 NaN of a missed structure)
-    are left out of mean/std; ``n`` counts the finite values used and ``n_nonfinite`` the rest.
-    """
-    rows = list(rows)
-    if keys is None:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-    out: dict[str, dict[str, float]] = {}
-    for key in keys:
-        values = np.array([float(r[key]) for r in rows if key in r], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        out[key] = {
-            "mean": float(finite.mean()) if finite.size else math.nan,
-            "std": float(finite.std()) if finite.size else math.nan,
-            "n": int(finite.size),
-            "n_nonfinite": int(values.size - finite.size),
-        }
-    return out
