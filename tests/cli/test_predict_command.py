@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.helpers import assert_user_error, make_pairs, run_main, tiny_config
 from voxdiff.io import load_volume
 from voxdiff.train.trainer import Trainer
-from tests.test_cli_basic import assert_user_error, run_main
-from tests.test_train import make_pairs, tiny_config
 
 
 def test_predict_describes_and_runs_a_translation_model(tmp_path, capsys):

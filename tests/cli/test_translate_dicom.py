@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxdiff.io import load_volume
+from tests.helpers import assert_user_error, run_main
 from tests.io.dicom_factory import pet_tags, smooth_volume, write_series
-from tests.test_cli_basic import assert_user_error, run_main
+from voxdiff.io import load_volume
 
 pytest.importorskip("pydicom")
 

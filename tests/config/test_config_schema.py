@@ -14,8 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_cli_basic import assert_user_error, run_main
-from tests.test_train import make_pairs, tiny_config
+from tests.helpers import assert_user_error, make_pairs, run_main, tiny_config
 from voxdiff.config import config_difference, deep_merge, validate_config
 from voxdiff.config import schema as S
 from voxdiff.errors import VoxdiffError

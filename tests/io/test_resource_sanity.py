@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_cli_basic import assert_user_error, run_main
+from tests.helpers import assert_user_error, run_main
 from voxdiff.config import check_device, check_seed
 from voxdiff.data.dataset import check_label_values
 from voxdiff.errors import VoxdiffError

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli_basic import assert_user_error, run_main
+from tests.helpers import assert_user_error, run_main
 from voxdiff.io import save_volume
 
 SHAPE = (24, 24, 24)

@@ -12,7 +12,7 @@ from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, load_volume, save_volume
 from voxdiff.pipelines import as_volume, load_pipeline
 from voxdiff.train.trainer import Trainer
-from tests.test_train import make_pairs, tiny_config
+from tests.helpers import make_pairs, tiny_config
 
 
 @pytest.fixture(scope="module")

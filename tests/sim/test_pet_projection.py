@@ -18,7 +18,7 @@ from voxdiff.sim.physics import (ProjectionSettings, SinogramModel, axial_axis, 
                                  simulate_projection_pet)
 from voxdiff.sim.projector import ParallelBeamProjector, PlaneGeometry
 
-# Label values of the tiny MUSE-like tables (as tests/test_pet.py).
+# Label values of the tiny MUSE-like tables (as tests/sim/test_pet.py).
 VENT, CAUDATE, THAL, WM, GM = 4, 36, 59, 81, 142
 FAST = dict(n_views=24, subsets=4, iterations=3, doses=(0.25, 0.05), prompts=2e6)
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers import run_main
 from voxdiff.data import load_manifest
 from voxdiff.io import Volume, load_volume, save_volume
 
@@ -40,20 +41,6 @@ def _labels(shape=(20, 18, 16)) -> np.ndarray:
 
 def _save(path, lab):
     return save_volume(Volume(lab.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), path, dtype=np.uint8)
-
-
-def run_main(args, capsys):
-    """The console entry point in-process: (exit code, stdout, stderr)."""
-    from voxdiff.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _one_error_line(err: str) -> str:

@@ -11,8 +11,7 @@ from voxdiff.io import load_volume
 from voxdiff.tasks import build_task, tasks_for_entry_point
 from voxdiff.train.config import load_config
 from voxdiff.train.trainer import Trainer
-from tests.test_cli_basic import assert_user_error, run_main
-from tests.test_train import make_pairs
+from tests.helpers import assert_user_error, make_pairs, run_main
 
 BACKBONE = "model.backbone={kind: unet, base_channels: 8, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 4}"
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli_basic import assert_user_error, run_main
-from tests.test_train import make_pairs
+from tests.helpers import assert_user_error, make_pairs, run_main
 from voxdiff.train.checkpoint import (InterruptGuard, TrainingInterrupted, load_checkpoint, save_checkpoint,
                                       truncate_log)
 

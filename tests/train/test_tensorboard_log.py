@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_train import make_pairs, tiny_config
+from tests.helpers import make_pairs, tiny_config
 from voxdiff.train import tensorboard as tb_mod
 from voxdiff.train.trainer import Trainer
 

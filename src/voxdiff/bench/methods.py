@@ -153,7 +153,7 @@ def ppdm_model(base: int = 32, factor: int = 2, gradient_loss: bool = True, back
             "gradient_loss_weight": 0.1 if gradient_loss else 0.0, "channels": 1}
 
 
-_DDPM_SAMPLERS = {"ddpm": (1000, 1.0), "ddim": (50, 0.0)}
+_DDPM_SAMPLERS = {"ddpm": (1000, 1.0), "ddim": (50, 0.0), "dpmsolver++": (10, None)}
 _PPDM_SAMPLERS = {"bridge": (5, 0.0)}
 
 

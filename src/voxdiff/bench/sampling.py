@@ -110,7 +110,8 @@ def time_run(run: SamplingRun, source, *, max_steps: int = 10, seed: int = 0) ->
 
     def sample(n: int) -> None:
         g = torch.Generator().manual_seed(seed)
-        predict_volume(task, inputs, steps=n, eta=run.eta, generator=g, pad_value=float(source.min()))
+        predict_volume(task, inputs, steps=n, eta=run.eta, sampler=run.sampler, generator=g,
+                       pad_value=float(source.min()))
 
     sample(1)  # warm-up: first-call allocations, kernel selection
     meter = _CudaMeter(device) if device.type == "cuda" else _CpuMeter()

@@ -32,12 +32,16 @@ def _names(text: str | None) -> list[str]:
 
 
 def _check_device(device: str) -> str:
+    """A bench device: ``cpu`` or an existing CUDA device (``auto`` means the GPU when there is one)."""
     import torch
 
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise VoxdiffError(f"--device must be cpu or cuda, got '{device}'")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VoxdiffError("--device cuda: no CUDA GPU is available to this PyTorch")
+    from voxdiff.config import check_device
+
+    device = check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "mps":
+        raise VoxdiffError("--device mps: the memory benchmarks measure CPU or CUDA only")
     return device
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import cli_exit_code, fake_muse_tables, make_cases, train_tiny
 from voxdiff.diffusion.samplers import build_sampler
 from torch import nn
 
@@ -139,58 +140,18 @@ def test_same_seed_same_samples():
 
 
 # ----------------------------------------------------------------------------- tiny trained models
-def _make_cases(root, n=3, size=16, affine=None):
-    """Spheres and a shell (labels 1, 2) with class-dependent intensities; returns the manifest path."""
-    rng = np.random.default_rng(0)
-    affine = np.diag([2.0, 2.0, 2.5, 1.0]) if affine is None else affine
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij"))
-    rows = ["case,image,label"]
-    for i in range(n):
-        c = rng.uniform(-0.2, 0.2, 3)
-        r = np.sqrt(((g - c[:, None, None, None]) ** 2).sum(0))
-        lab = (1 * (r < 0.45) + 2 * ((r >= 0.45) & (r < 0.75))).astype(np.uint8)
-        img = (np.array([10.0, 120.0, 60.0])[lab] + rng.normal(0, 5, lab.shape)).astype(np.float32)
-        save_volume(img, root / f"c{i}_img.nii.gz", affine=affine)
-        save_volume(lab, root / f"c{i}_lab.nii.gz", affine=affine, dtype=np.uint8)
-        rows.append(f"c{i},c{i}_img.nii.gz,c{i}_lab.nii.gz")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root / "manifest.csv"
-
-
-def _train(root, manifest, task, model):
-    from voxdiff.train.config import load_config
-    from voxdiff.train.trainer import Trainer
-
-    cfg = load_config(None, [
-        f"task={task}", f"data.manifest={manifest}", "data.crop_size=8", "data.val_fraction=0.34",
-        "data.val_cases=1", f"model={model}", f"train.out_dir={root / task}", "train.steps=2",
-        "train.batch_size=2", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
-        "inference.steps=2", "inference.start_step=20",
-    ])
-    summary = Trainer(cfg, quiet=True).fit()
-    assert "dice" in summary["val"] and 0.0 <= summary["val"]["dice"] <= 1.0
-    return root / task / "last.pt"
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     aff = np.diag([-1.5, 2.0, 2.5, 1.0])
     aff[:3, 3] = [10.0, -20.0, 5.0]
-    manifest = _make_cases(root, affine=aff)
-    seg = _train(root, manifest, "segmentation",
-                 "{num_classes: 3, process: {kind: ddpm, num_train_timesteps: 50, prediction_type: epsilon}, "
-                 "backbone: {kind: unet, base_channels: 4, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 2}}")
-    pre = _train(root, manifest, "preseg", "{num_classes: 3, channels: [4, 8], num_res_units: 0}")
+    manifest = make_cases(root, affine=aff)
+    seg = train_tiny(
+        root, manifest, "segmentation",
+        "{num_classes: 3, process: {kind: ddpm, num_train_timesteps: 50, prediction_type: epsilon}, "
+        "backbone: {kind: unet, base_channels: 4, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 2}}")
+    pre = train_tiny(root, manifest, "preseg", "{num_classes: 3, channels: [4, 8], num_res_units: 0}")
     return {"root": root, "seg": seg, "preseg": pre, "affine": aff}
-
-
-def _cli(argv) -> int:
-    from voxdiff.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    return int(exc.value.code or 0)
 
 
 def test_segment_cli_end_to_end_keeps_geometry_and_writes_integers(trained, tmp_path):
@@ -200,9 +161,9 @@ def test_segment_cli_end_to_end_keeps_geometry_and_writes_integers(trained, tmp_
     pre = load_volume(root / "c0_lab.nii.gz").array[:15, :14, :13]
     save_volume(pre, tmp_path / "pre.nii.gz", affine=aff, dtype=np.uint8)
     out, unc, probs = tmp_path / "seg.nii.gz", tmp_path / "unc.nii.gz", tmp_path / "probs.nii.gz"
-    code = _cli(["segment", "-m", trained["seg"], "-i", tmp_path / "odd.nii.gz", "-o", out, "--preseg",
-                 tmp_path / "pre.nii.gz", "--start-step", 20, "--steps", 3, "--samples", 3, "-u", unc,
-                 "--uncertainty-kind", "mi", "--probs", probs, "--seed", 1])
+    code = cli_exit_code(["segment", "-m", trained["seg"], "-i", tmp_path / "odd.nii.gz", "-o", out, "--preseg",
+                          tmp_path / "pre.nii.gz", "--start-step", 20, "--steps", 3, "--samples", 3, "-u", unc,
+                          "--uncertainty-kind", "mi", "--probs", probs, "--seed", 1])
     assert code == 0
     seg = load_volume(out)
     assert seg.shape == (15, 14, 13) and np.allclose(seg.affine, aff)
@@ -254,8 +215,8 @@ def test_segment_refuses_a_bad_preseg_with_exit_2_and_no_output(trained, tmp_pat
         save_volume(np.full((16, 16, 16), 7, np.uint8), tmp_path / "pre.nii.gz", affine=trained["affine"],
                     dtype=np.uint8)
     out = tmp_path / "seg.nii.gz"
-    code = _cli(["segment", "-m", trained["seg"], "-i", img, "-o", out, "--preseg", tmp_path / "pre.nii.gz",
-                 "-u", tmp_path / "u.nii.gz"])
+    code = cli_exit_code(["segment", "-m", trained["seg"], "-i", img, "-o", out, "--preseg", tmp_path / "pre.nii.gz",
+                          "-u", tmp_path / "u.nii.gz"])
     assert code == 2
     err = capsys.readouterr().err
     assert "pre.nii.gz" in err and ("shape" in err if bad == "shape" else "0..2" in err)
@@ -263,21 +224,10 @@ def test_segment_refuses_a_bad_preseg_with_exit_2_and_no_output(trained, tmp_pat
 
 
 # ----------------------------------------------------------------------------- label preparation
-def _fake_tables(folder):
-    (folder / "muse_single_labels.csv").write_text(
-        "Index,Code,Name\n4,MUSE_4,3rdVentricle\n47,MUSE_47,Hippocampus_R\n48,MUSE_48,Hippocampus_L\n"
-        "51,MUSE_51,LateralVentricle_R\n52,MUSE_52,LateralVentricle_L\n60,MUSE_60,Thalamus_L\n"
-        "81,MUSE_81,FrontalWM_R\n")
-    pad = "," * 12
-    (folder / "muse_derived_mapping.csv").write_text(
-        f"600,CorticalCSF,1{pad}\n509,Ventricles,4,51,52{pad}\n601,GM,47,48,60{pad}\n604,WM,81{pad}\n"
-        f"47,Hippocampus_R,47{pad}\n")
-
-
 def test_composite_label_map_ids_names_and_overlaps(tmp_path):
     from voxdiff.data.labels import composite_label_map, preset_scheme, read_region_tables
 
-    _fake_tables(tmp_path)
+    fake_muse_tables(tmp_path)
     tables = read_region_tables(tmp_path)
     assert tables.composite[509] == ("Ventricles", [4, 51, 52])  # trailing empty fields dropped
     parc = np.array([[[0, 1, 4, 51], [52, 47, 48, 60], [81, 99, 0, 1]]], dtype=np.uint8)
@@ -303,7 +253,7 @@ def test_make_labels_cli_writes_uint8_labels_and_a_manifest(tmp_path, tiny_affin
     data = tmp_path / "ixi"
     (data / "labels").mkdir(parents=True)
     (data / "t1").mkdir()
-    _fake_tables(data)
+    fake_muse_tables(data)
     rng = np.random.default_rng(0)
     values = np.array([0, 1, 4, 51, 52, 47, 48, 60, 81])
     for cid in ("IXI001", "IXI002"):
@@ -311,8 +261,8 @@ def test_make_labels_cli_writes_uint8_labels_and_a_manifest(tmp_path, tiny_affin
         save_volume(parc.astype(np.float32), data / "labels" / f"{cid}.nii.gz", affine=tiny_affine, dtype=np.uint8)
         save_volume(rng.random((6, 5, 4)).astype(np.float32), data / "t1" / f"{cid}.nii.gz", affine=tiny_affine)
     out = tmp_path / "seg-tissue"
-    code = _cli(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1", "--preset", "tissue",
-                 "--out-dir", out])
+    code = cli_exit_code(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1",
+                          "--preset", "tissue", "--out-dir", out])
     assert code == 0
     cases = load_manifest(out / "manifest.csv", roles=["image", "label"])
     assert [c.id for c in cases] == ["IXI001", "IXI002"]
@@ -326,11 +276,11 @@ def test_make_labels_cli_writes_uint8_labels_and_a_manifest(tmp_path, tiny_affin
     meta = json.loads((out / "classes.json").read_text())
     assert meta["num_classes"] == 4 and meta["classes"]["1"]["name"] == "CSF"
     # Errors: unknown preset, missing folder, a parcellation without its image.
-    assert _cli(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1", "--preset", "organs",
-                 "--out-dir", tmp_path / "x"]) == 2
-    assert _cli(["make-labels", "--labels-dir", data / "nope", "--images-dir", data / "t1", "--preset", "tissue",
-                 "--out-dir", tmp_path / "y"]) == 2
+    assert cli_exit_code(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1",
+                          "--preset", "organs", "--out-dir", tmp_path / "x"]) == 2
+    assert cli_exit_code(["make-labels", "--labels-dir", data / "nope", "--images-dir", data / "t1",
+                          "--preset", "tissue", "--out-dir", tmp_path / "y"]) == 2
     (data / "t1" / "IXI002.nii.gz").unlink()
-    assert _cli(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1", "--preset", "tissue",
-                 "--out-dir", tmp_path / "z"]) == 2
+    assert cli_exit_code(["make-labels", "--labels-dir", data / "labels", "--images-dir", data / "t1",
+                          "--preset", "tissue", "--out-dir", tmp_path / "z"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "z" / "manifest.csv").exists()

@@ -6,43 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import make_pairs, tiny_config
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import load_volume, save_volume
 from voxdiff.train.checkpoint import load_checkpoint, save_checkpoint
-from voxdiff.train.config import load_config
 from voxdiff.train.trainer import Trainer, stream_items
-
-
-def make_pairs(root, n=3, size=16, affine=None, seed=0):
-    """Tiny smooth 'anatomy' + noisy source; returns the manifest path."""
-    rng = np.random.default_rng(seed)
-    affine = np.diag([2.0, 2.0, 2.5, 1.0]) if affine is None else affine
-    rows = ["case,source,target"]
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij"))
-    for i in range(n):
-        c = rng.uniform(-0.3, 0.3, 3)
-        r = np.sqrt(((g - c[:, None, None, None]) ** 2).sum(0))
-        target = (100 * (r < 0.6) + 40 * (r < 0.9)).astype(np.float32)
-        source = target + rng.normal(0, 15, target.shape).astype(np.float32)
-        save_volume(source, root / f"c{i}_src.nii.gz", affine=affine)
-        save_volume(target, root / f"c{i}_tgt.nii.gz", affine=affine)
-        rows.append(f"c{i},c{i}_src.nii.gz,c{i}_tgt.nii.gz")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root / "manifest.csv"
-
-
-def tiny_config(tmp_path, manifest, **train):
-    overrides = [
-        f"data.manifest={manifest}",
-        "data.crop_size=8", "data.val_fraction=0.34", "data.val_cases=1",
-        "data.normalization={source: {mode: range, lo: -50, hi: 200}, target: {mode: same_as, role: source}}",
-        "model.backbone={kind: unet, base_channels: 16, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 4}",
-        "model.puzzle_factor=2",
-        f"train.out_dir={tmp_path / 'run'}",
-        "train.steps=4", "train.batch_size=2", "train.val_every=4", "train.ckpt_every=2",
-        "train.log_every=1", "inference.steps=2",
-    ] + [f"train.{k}={v}" for k, v in train.items()]
-    return load_config(None, overrides)
 
 
 def test_stream_items_is_a_pure_function_of_seed_and_position():

@@ -1,4 +1,4 @@
-"""The first five minutes: denoise a simulated 5 %-dose brain PET with the shipped PPDM, offline.
+"""``voxdiff demo --task translate``: denoise a simulated 5 %-dose brain PET with the shipped PPDM, offline.
 
 No data download and no ``../shared``: the MNI152 2009 template (T1-derived brain mask, grey-
 and white-matter probability maps) ships inside the nilearn wheel. An FDG-like activity is
@@ -12,21 +12,21 @@ written to disk and denoised by ``pretrained:pet-denoise`` through
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from voxdiff.errors import VoxdiffError
+from voxdiff.demo.common import (DemoTable, check_counts, check_crop, csv_text, default_console, plural,
+                                 prepare_out_dir, progress_bar, require_model, stage)
+from voxdiff.demo.montage import brain_slices, display
+from voxdiff.demo.mni import mni152_volumes, window_volume
 from voxdiff.io import Volume
 
-__all__ = ["DEMO_MODEL", "DEMO_SIMULATION", "DEMO_FILES", "DEMO_TASKS", "MniTemplate", "load_mni_template",
-           "simulate_demo_pet", "run_demo"]
+__all__ = ["DEMO_MODEL", "DEMO_SIMULATION", "DEMO_FILES", "MniTemplate", "load_mni_template", "simulate_demo_pet",
+           "run_pet_demo"]
 
 DEMO_MODEL = "pretrained:pet-denoise"
 #: The simulation settings of the model's training data (``voxdiff simulate-pet-dataset`` defaults).
@@ -34,8 +34,6 @@ DEMO_SIMULATION: dict[str, float] = {"fwhm_mm": 5.0, "dose_fraction": 0.05, "mea
                                      "head_margin_mm": 10.0}
 DEMO_FILES = ("low.nii.gz", "ppdm.nii.gz", "full.nii.gz", "uncertainty.nii.gz", "brain_mask.nii.gz",
               "montage.png", "metrics.csv", "metrics.json")
-#: Demo tasks and the pretrained model each needs (None: not shipped yet).
-DEMO_TASKS: dict[str, str | None] = {"translate": "pet-denoise", "segment": None, "synthesize": None}
 # Voxels kept around the head shell: the PSF (sigma ~1 voxel at 5 mm / 2 mm) spreads activity ~3 voxels.
 _PSF_MARGIN_VOXELS = 4
 
@@ -46,14 +44,6 @@ class MniTemplate(NamedTuple):
     gm: Volume
     wm: Volume
     brain: np.ndarray
-
-
-def _crop(vol: Volume, box: tuple[slice, ...]) -> Volume:
-    """A sub-volume whose affine keeps every voxel at the same world position."""
-    affine = vol.affine.copy()
-    start = np.array([s.start for s in box], dtype=np.float64)
-    affine[:3, 3] = vol.affine[:3, :3] @ start + vol.affine[:3, 3]
-    return Volume(array=np.ascontiguousarray(vol.array[box]), affine=affine)
 
 
 def _box(mask: np.ndarray, margin: int, side: int | None) -> tuple[slice, ...]:
@@ -76,24 +66,17 @@ def load_mni_template(*, crop: int | None = None) -> MniTemplate:
     brain's centre (a quick test size).
     """
     import nibabel as nib
-    from nilearn import datasets
 
-    try:
-        images = {name: getattr(datasets, f"load_mni152_{name}")(resolution=2)
-                  for name in ("gm_template", "wm_template", "brain_mask")}
-    except Exception as exc:  # a nilearn without the bundled templates
-        raise VoxdiffError(f"the MNI152 templates could not be read from the installed nilearn ({exc})") from exc
-    affine = images["gm_template"].affine
-    for name, img in images.items():
-        if img.shape != images["gm_template"].shape or not np.allclose(img.affine, affine, atol=1e-4):
-            raise VoxdiffError(f"nilearn's MNI152 {name} does not share the grey-matter template's grid")
-    gm = Volume(array=np.asarray(images["gm_template"].dataobj, dtype=np.float32), affine=np.asarray(affine, float))
-    wm = Volume(array=np.asarray(images["wm_template"].dataobj, dtype=np.float32), affine=gm.affine.copy())
-    brain = np.asarray(images["brain_mask"].dataobj) > 0
-    spacing = float(min(nib.affines.voxel_sizes(affine)))
+    maps = mni152_volumes("gm", "wm", "brain")
+    gm, wm = maps["gm"], maps["wm"]
+    brain = maps["brain"].array > 0
+    spacing = float(min(nib.affines.voxel_sizes(gm.affine)))
     margin = int(np.ceil(DEMO_SIMULATION["head_margin_mm"] / spacing)) + _PSF_MARGIN_VOXELS
     box = _box(brain, margin, crop)
-    return MniTemplate(gm=_crop(gm, box), wm=_crop(wm, box), brain=np.ascontiguousarray(brain[box]))
+    start = [s.start for s in box]
+    size = [s.stop - s.start for s in box]
+    return MniTemplate(gm=window_volume(gm, start, size), wm=window_volume(wm, start, size),
+                       brain=np.ascontiguousarray(brain[box]))
 
 
 def simulate_demo_pet(template: MniTemplate, *, seed: int = 0):
@@ -103,26 +86,13 @@ def simulate_demo_pet(template: MniTemplate, *, seed: int = 0):
     return simulate_tissue_pet(template.gm, template.wm, brain_mask=template.brain, seed=seed, **DEMO_SIMULATION)
 
 
-def _display(vol: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """The array reoriented to RAS, then left-right flipped: radiological view (patient right on the left)."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    ras = nib.orientations.apply_orientation(vol, ornt)
-    return np.ascontiguousarray(ras[::-1])
-
-
 def _write_montage(path: Path, vols: dict[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
                    title: str) -> Path:
     """Three orthogonal slices of input, output, reference, error and uncertainty, grey levels shared."""
     from voxdiff.plots import montage
 
-    disp = {k: _display(v, affine) for k, v in vols.items()}
-    mask = _display(brain.astype(np.uint8), affine) > 0
-    hit = np.argwhere(mask)
-    centre = ((hit.min(axis=0) + hit.max(axis=0)) // 2).tolist()
-    # Sagittal slice through a hemisphere (striatum, insula), not the interhemispheric fissure.
-    centre[0] = int(np.clip(centre[0] - round(0.15 * (hit[:, 0].max() - hit[:, 0].min())), 0, mask.shape[0] - 1))
+    disp = {k: display(v, affine) for k, v in vols.items()}
+    mask = display(brain.astype(np.uint8), affine) > 0
     err = np.abs(disp["ppdm"] - disp["full"])
 
     def top(a: np.ndarray) -> float:
@@ -136,97 +106,54 @@ def _write_montage(path: Path, vols: dict[str, np.ndarray], affine: np.ndarray, 
     names = list(panels)
     ranges = {**{n: (0.0, vmax) for n in names[:3]}, names[3]: (0.0, emax), names[4]: (0.0, smax)}
     cmaps = {n: "inferno" for n in names[3:]}
-    return montage(panels, path, title=title, ranges=ranges, cmaps=cmaps, center=tuple(centre))
+    return montage(panels, path, title=title, ranges=ranges, cmaps=cmaps, center=brain_slices(mask))
 
 
-@contextlib.contextmanager
-def _stage(console, description: str, show: bool) -> Iterator[None]:
-    """A spinner while a stage runs, then one line with its time."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    start = time.perf_counter()
-    if show and console.is_terminal:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                      transient=True) as bar:
-            bar.add_task(description, total=None)
-            yield
-    else:
-        yield
-    if show:
-        console.print(f"[green]✓[/] {description} [dim]{time.perf_counter() - start:.1f} s[/]", highlight=False)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _metrics_table(metrics: dict[str, dict[str, float]], labels: dict[str, str]):
-    from rich.table import Table
-
-    table = Table(title="inside the brain mask, against the full-count image", title_style="")
-    for col in ("image", "PSNR (dB)", "SSIM", "MAE", "NMSE"):
-        table.add_column(col, justify="left" if col == "image" else "right")
+def _metrics_table(metrics: dict[str, dict[str, float]], labels: dict[str, str]) -> DemoTable:
+    table = DemoTable("inside the brain mask, against the full-count image",
+                      [("image", False), ("PSNR (dB)", True), ("SSIM", True), ("MAE", True), ("NMSE", True)])
     for key, m in metrics.items():
-        table.add_row(labels[key], f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{m['mae']:.2f}", f"{m['nmse']:.4f}")
+        table.rows.append([labels[key], f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{m['mae']:.2f}", f"{m['nmse']:.4f}"])
     return table
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    from voxdiff.io import check_writable_dir
-    from voxdiff.io.atomic import ensure_out_dir
-
-    ensure_out_dir(out_dir)
-    check_writable_dir(out_dir / DEMO_FILES[0])
-
-
-def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None = None, samples: int = 4,
-             seed: int = 0, crop: int | None = None, model: str = DEMO_MODEL, show_progress: bool = True,
-             console=None) -> dict[str, Any]:
-    """Simulate, denoise, score and picture one brain PET; returns what ``metrics.json`` holds.
+def run_pet_demo(out_dir: str | Path, *, steps: int | None = None, samples: int = 4, seed: int = 0,
+                 crop: int | None = None, model: str = DEMO_MODEL, show_progress: bool = True,
+                 console=None) -> dict[str, Any]:
+    """Simulate, denoise, score and picture one brain PET; returns what ``metrics.json`` holds (+ ``tables``).
 
     Args:
         out_dir: folder for :data:`DEMO_FILES` (created if missing).
-        task: ``"translate"``; the other :data:`DEMO_TASKS` have no shipped model yet.
         steps: sampling steps (default: the model's, 5).
         samples: stochastic samples, batched; the output is their mean and the uncertainty
             their voxel-wise standard deviation (1 sample: no uncertainty map, zeros written).
         seed: seed of the simulation noise and of the sampler.
         crop: an N^3 cube at the brain's centre instead of the whole head (tests).
         model: the translation model (a checkpoint path or ``pretrained:NAME``).
-        show_progress: stage lines, progress bars and the metrics table on ``console``.
-    """
-    if task not in DEMO_TASKS:
-        raise VoxdiffError(f"unknown demo task '{task}' (use {', '.join(DEMO_TASKS)})")
-    if DEMO_TASKS[task] is None:
-        raise VoxdiffError(f"no pretrained {task} model ships with voxdiff yet, so there is no '{task}' demo; "
-                           f"'voxdiff demo --task translate' (the default) runs the PET denoising demo")
-    if samples < 1:
-        raise VoxdiffError(f"--samples must be >= 1, got {samples}")
-    if steps is not None and steps < 1:
-        raise VoxdiffError(f"--steps must be >= 1, got {steps}")
-    if crop is not None and crop < 8:
-        raise VoxdiffError(f"the demo crop must be at least 8 voxels, got {crop}")
-    if console is None:
-        from rich.console import Console
+        show_progress: stage lines and progress bars on ``console``.
 
-        console = Console()
+    The returned ``tables`` (:class:`~voxdiff.demo.common.DemoTable`, not in the JSON) are what
+    ``voxdiff demo`` prints.
+    """
+    check_counts(samples=samples, steps=steps)
+    check_crop(crop)
+    console = default_console(console)
     from voxdiff.io import atomic_write_text, save_volume
     from voxdiff.metrics import image_metrics
-    from voxdiff.models import resolve_model_path
     from voxdiff.pipelines import load_pipeline
 
-    resolve_model_path(model)  # an unknown model fails before any work
+    require_model(model, "translate")  # an unknown model fails before any work
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    prepare_out_dir(out_dir, DEMO_FILES[0])
     paths = {name.replace(".nii.gz", "").replace(".", "_"): out_dir / name for name in DEMO_FILES}
     seconds: dict[str, float] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    with _stage(console, "MNI152 template (nilearn, offline)", show_progress):
+    with stage(console, "MNI152 template (nilearn, offline)", show_progress):
         template = load_mni_template(crop=crop)
     seconds["template"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    with _stage(console, "simulated full-count and 5 %-count PET", show_progress):
+    with stage(console, "simulated full-count and 5 %-count PET", show_progress):
         pet = simulate_demo_pet(template, seed=seed)
         save_volume(pet.low, paths["low"])
         save_volume(pet.full, paths["full"])
@@ -235,12 +162,8 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
 
     t = time.perf_counter()
     pipe = load_pipeline(model)
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True, disable=not show_progress) as bar:
-        tid = bar.add_task("denoise", total=None)
-        res = pipe(pet.low, steps=steps, samples=samples, seed=seed,
-                   progress=lambda i, n: bar.update(tid, completed=i, total=n))
+    with progress_bar(console, "denoise", show_progress) as progress:
+        res = pipe(pet.low, steps=steps, samples=samples, seed=seed, progress=progress)
     pred = res["output"]
     std = res["std"].array if samples > 1 else np.zeros_like(pred.array)
     res.save({"output": paths["ppdm"], **({"std": paths["uncertainty"]} if samples > 1 else {})})
@@ -249,13 +172,13 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
     res = res.info
     seconds["denoise"] = time.perf_counter() - t
     if show_progress:
-        console.print(f"[green]✓[/] denoised with {model} ({_plural(res['steps'], 'step')} x {_plural(samples, 'sample')}) "
+        console.print(f"[green]✓[/] denoised with {model} ({plural(res['steps'], 'step')} x {plural(samples, 'sample')}) "
                       f"[dim]{seconds['denoise']:.1f} s[/]", highlight=False)
     t = time.perf_counter()
     low, full = pet.low.array, pet.full.array
     metrics = {"input": image_metrics(low, full, mask=template.brain),
                "ppdm": image_metrics(pred.array, full, mask=template.brain)}
-    labels = {"input": "low-count input (5 %)", "ppdm": f"PPDM ({_plural(res['steps'], 'step')}, {_plural(samples, 'sample')})"}
+    labels = {"input": "low-count input (5 %)", "ppdm": f"PPDM ({plural(res['steps'], 'step')}, {plural(samples, 'sample')})"}
     title = (f"voxdiff demo: simulated FDG PET on MNI152, counts per voxel (radiological view: patient right "
              f"on the left)\nPSNR in brain {metrics['input']['psnr']:.1f} dB (5 % counts) -> {metrics['ppdm']['psnr']:.1f} dB "
              f"(PPDM), SSIM {metrics['input']['ssim']:.3f} -> {metrics['ppdm']['ssim']:.3f}")
@@ -266,13 +189,10 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
     cpu_seconds = time.process_time() - c0
 
     keys = ("psnr", "ssim", "mae", "nmse", "data_range")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image", *keys])
-    for name, m in metrics.items():
-        writer.writerow([name, *(f"{m[k]:.6g}" for k in keys)])
-    atomic_write_text(paths["metrics_csv"], buf.getvalue())
+    atomic_write_text(paths["metrics_csv"], csv_text(["image", *keys], [[name, *(f"{m[k]:.6g}" for k in keys)]
+                                                                        for name, m in metrics.items()]))
     summary: dict[str, Any] = {
+        "task": "translate",
         "model": model,
         "steps": res["steps"],
         "samples": samples,
@@ -291,6 +211,5 @@ def run_demo(out_dir: str | Path, *, task: str = "translate", steps: int | None 
     }
     atomic_write_text(paths["metrics_json"], json.dumps(summary, indent=2) + "\n")
     if show_progress:
-        console.print(_metrics_table(metrics, labels))
         console.print(f"wrote {', '.join(DEMO_FILES)} to {out_dir} in {seconds['total']:.1f} s", highlight=False)
-    return summary
+    return {**summary, "tables": [_metrics_table(metrics, labels)]}

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.test_distributed import _env
-from tests.test_segmentation import _make_cases, _train
-from tests.test_train import make_pairs, tiny_config
+from tests.helpers import cli_exit_code, free_port, make_cases, make_pairs, subprocess_env, tiny_config, train_tiny
 from voxdiff.cases import Part, list_cases, plan_cases, resolve_part
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import load_volume
@@ -70,22 +67,15 @@ def test_list_and_plan_cases(tmp_path):
 
 
 # ------------------------------------------------------------------------------ real CLI runs
-def _cli(argv) -> int:
-    from voxdiff.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    return int(exc.value.code or 0)
-
-
 @pytest.fixture(scope="module")
 def seg_cases(tmp_path_factory):
     """A tiny PD-DDPM model, 5 images in a folder and their pre-segmentations in another."""
     root = tmp_path_factory.mktemp("cases")
-    manifest = _make_cases(root, n=5)
-    seg = _train(root, manifest, "segmentation",
-                 "{num_classes: 3, process: {kind: ddpm, num_train_timesteps: 50, prediction_type: epsilon}, "
-                 "backbone: {kind: unet, base_channels: 4, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 2}}")
+    manifest = make_cases(root, n=5)
+    seg = train_tiny(
+        root, manifest, "segmentation",
+        "{num_classes: 3, process: {kind: ddpm, num_train_timesteps: 50, prediction_type: epsilon}, "
+        "backbone: {kind: unet, base_channels: 4, channel_mults: [1, 2], num_res_blocks: 1, norm_groups: 2}}")
     (root / "images").mkdir()
     (root / "preseg").mkdir()
     for i in range(5):
@@ -101,11 +91,11 @@ def _seg_args(root, seg, out, *extra):
 
 def test_segment_folder_in_two_parts_equals_one_process(seg_cases, tmp_path):
     root, seg = seg_cases
-    assert _cli(_seg_args(root, seg, tmp_path / "ref")) == 0
+    assert cli_exit_code(_seg_args(root, seg, tmp_path / "ref")) == 0
     ref = sorted(p.name for p in (tmp_path / "ref").iterdir())
     assert ref == [f"case{i}.nii.gz" for i in range(5)]
     for part in (0, 1):
-        assert _cli(_seg_args(root, seg, tmp_path / "sharded", "--part-id", part, "--num-parts", 2)) == 0
+        assert cli_exit_code(_seg_args(root, seg, tmp_path / "sharded", "--part-id", part, "--num-parts", 2)) == 0
         if part == 0:  # part 0 of 2 runs cases 0, 2, 4 only
             assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["case0.nii.gz", "case2.nii.gz",
                                                                                 "case4.nii.gz"]
@@ -126,14 +116,14 @@ def test_a_bad_case_fails_alone_and_skip_existing_resumes(seg_cases, tmp_path, c
     pre = root / "preseg"
     argv = ["segment", "-m", seg, "-i", imgs, "-o", tmp_path / "out", "--preseg", pre, "-t", 10, "-k", 1]
     capsys.readouterr()
-    assert _cli(argv) == 2
+    assert cli_exit_code(argv) == 2
     err = capsys.readouterr().err
     assert "1 of 5 case(s) failed" in err and "case1" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"case{i}.nii.gz" for i in (0, 2, 3, 4)]
     # Resume: the four written cases are skipped (their files untouched), the repaired one runs.
     shutil.copy(root / "images" / "case1.nii.gz", imgs / "case1.nii.gz")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    assert _cli(argv + ["--skip-existing"]) == 0
+    assert cli_exit_code(argv + ["--skip-existing"]) == 0
     out = capsys.readouterr().out
     assert out.count("skipped") >= 4 and "1 written, 4 skipped, 0 failed" in " ".join(out.split())
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
@@ -149,23 +139,17 @@ def test_folder_option_errors_exit_2_before_any_model_runs(seg_cases, tmp_path, 
         (["-o", tmp_path / "o", "--preseg", root / "preseg", "--mode", "vanilla"], "--mode vanilla"),
     ]
     for extra, msg in cases:
-        assert _cli(["segment", "-m", seg, "-i", root / "images", *extra]) == 2
+        assert cli_exit_code(["segment", "-m", seg, "-i", root / "images", *extra]) == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "seg.nii.gz").exists()
     # A missing per-case pre-segmentation fails that case by name.
     partial = tmp_path / "pre"
     shutil.copytree(root / "preseg", partial)
     (partial / "case3.nii.gz").unlink()
-    assert _cli(["segment", "-m", seg, "-i", root / "images", "-o", tmp_path / "o", "--preseg", partial,
-                 "-t", 5, "-k", 1]) == 2
+    assert cli_exit_code(["segment", "-m", seg, "-i", root / "images", "-o", tmp_path / "o", "--preseg", partial,
+                          "-t", 5, "-k", 1]) == 2
     assert "case3" in capsys.readouterr().err
     assert not (tmp_path / "o" / "case3.nii.gz").exists() and (tmp_path / "o" / "case4.nii.gz").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_translate_folder_sharded_by_torchrun(tmp_path):
@@ -178,11 +162,11 @@ def test_translate_folder_sharded_by_torchrun(tmp_path):
     for i in range(4):
         shutil.copy(tmp_path / f"c{i}_src.nii.gz", src / f"s{i}.nii.gz")
     ckpt = tmp_path / "run" / "last.pt"
-    assert _cli(["translate", "-m", ckpt, "-i", src, "-o", tmp_path / "one", "-k", 2]) == 0
+    assert cli_exit_code(["translate", "-m", ckpt, "-i", src, "-o", tmp_path / "one", "-k", 2]) == 0
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                           "-m", "voxdiff", "translate", "-m", str(ckpt), "-i", str(src), "-o", str(tmp_path / "two"),
-                          "-k", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+                          "-k", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "part 1/2 (torchrun)" in res.stdout and "part 2/2 (torchrun)" in res.stdout
     assert "2 written" in res.stdout
@@ -192,5 +176,5 @@ def test_translate_folder_sharded_by_torchrun(tmp_path):
         a, b = load_volume(tmp_path / "one" / n), load_volume(tmp_path / "two" / n)
         assert np.allclose(a.array, b.array, atol=1e-5) and np.allclose(a.affine, b.affine)
     # One file in, one file out, as before.
-    assert _cli(["translate", "-m", ckpt, "-i", src / "s0.nii.gz", "-o", tmp_path / "s0.nii.gz", "-k", 2]) == 0
+    assert cli_exit_code(["translate", "-m", ckpt, "-i", src / "s0.nii.gz", "-o", tmp_path / "s0.nii.gz", "-k", 2]) == 0
     assert np.allclose(load_volume(tmp_path / "s0.nii.gz").array, load_volume(tmp_path / "one" / "s0.nii.gz").array)

@@ -15,31 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import assert_user_error, run_main
 from voxdiff.cli import app, main
 from voxdiff.io import save_volume
-
-
-def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit code, stdout, stderr) with main()'s error handling."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_user_error(code: int, out: str, err: str, *names: str) -> str:
-    """Exit 2, one 'error:' line naming the file(s), no traceback."""
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in out + err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)

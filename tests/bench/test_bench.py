@@ -16,7 +16,7 @@ from voxdiff.bench.methods import (Method, builtin_methods, expand_methods, inve
 from voxdiff.bench.sampling import parse_steps, plan_runs, run_sampling_benchmark, sampling_markdown
 from voxdiff.errors import VoxdiffError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _quality_module():
@@ -222,13 +222,15 @@ def test_cli_depths_json(tmp_path):
 def test_sampling_plan_and_timing():
     methods = resolve_methods(["full3d", "patch", "ppdm2"], 8)
     runs = plan_runs(methods, parse_steps("full3d-ddpm=1000,patch=0,ppdm=3"))
-    assert [(r.label, r.steps) for r in runs] == [("full3d-ddpm", 1000), ("full3d-ddim", 50), ("ppdm2", 3)]
+    assert [(r.label, r.steps) for r in runs] == [("full3d-ddpm", 1000), ("full3d-ddim", 50),
+                                                   ("full3d-dpmsolver++", 10), ("ppdm2", 3)]
     with pytest.raises(VoxdiffError):
         parse_steps("full3d=abc")
     with pytest.raises(VoxdiffError, match="match no"):
         plan_runs(methods, {"unknown": 3})
     results = run_sampling_benchmark(resolve_methods(["full3d", "ppdm2"], 8), (16, 16, 12),
-                                     steps=parse_steps("full3d-ddim=0,ppdm2=3"), max_steps=2, threads=1)
+                                     steps=parse_steps("full3d-ddim=0,full3d-dpmsolver++=0,ppdm2=3"), max_steps=2,
+                                     threads=1)
     by = {r["run"]: r for r in results}
     assert set(by) == {"full3d-ddpm", "ppdm2"}
     ddpm, ppdm = by["full3d-ddpm"], by["ppdm2"]

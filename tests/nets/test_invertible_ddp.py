@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import free_port
 from voxdiff.nets.invertible import InvertibleUNet
 
 WORLD = 2
@@ -57,16 +57,10 @@ def _worker(rank: int, port: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
 def test_ddp_memory_saving_matches_single_process(tmp_path):
     out_path = str(tmp_path / "ddp_rank0.pt")
-    mp.spawn(_worker, args=(_free_port(), out_path), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out_path), nprocs=WORLD, join=True)
     ddp_state = torch.load(out_path, weights_only=True)
 
     single = _model()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_train import make_pairs
+from tests.helpers import free_port, make_pairs, subprocess_env
 
 CONFIG = """
 task: translation
@@ -39,13 +38,6 @@ train:
 """
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _write_config(tmp_path: Path, name: str, lr: float = 1e-3, optimizer: str = "adamw", **kw) -> Path:
     manifest = tmp_path / "manifest.csv"
     if not manifest.exists():
@@ -53,12 +45,6 @@ def _write_config(tmp_path: Path, name: str, lr: float = 1e-3, optimizer: str = 
     path = tmp_path / f"{name}.yaml"
     path.write_text(CONFIG.format(manifest=manifest, lr=lr, optimizer=optimizer, **kw))
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(run: Path) -> dict:
@@ -74,11 +60,11 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path):
     two = _write_config(tmp_path, "two", batch=1, **opt)
     for cfg, out in ((one, "r1"), (two, "r_single_shard")):
         subprocess.run([sys.executable, "-m", "voxdiff", "train", str(cfg), "-o", str(tmp_path / out)],
-                       check=True, env=_env(), capture_output=True, timeout=300)
+                       check=True, env=subprocess_env(), capture_output=True, timeout=300)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                           "-m", "voxdiff", "train", str(two), "-o", str(tmp_path / "r2")],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     w1, w2 = _weights(tmp_path / "r1"), _weights(tmp_path / "r2")
     for k in w1:
@@ -93,10 +79,12 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path):
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     cfg = _write_config(tmp_path, "kill", steps=8, batch=2, ckpt_every=1)
     base = [sys.executable, "-m", "voxdiff", "train", str(cfg)]
-    subprocess.run(base + ["-o", str(tmp_path / "full")], check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(base + ["-o", str(tmp_path / "full")], check=True, env=subprocess_env(), capture_output=True,
+                   timeout=300)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(base + ["-o", str(run)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(base + ["-o", str(run)], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "step_0000003.pt").exists():
         time.sleep(0.05)
@@ -105,7 +93,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert (run / "last.pt").exists(), "the run never reached a checkpoint before the kill"
     killed_at = torch.load(run / "last.pt", weights_only=True)["step"]
     assert killed_at < 8, "the kill came too late to test resuming"
-    subprocess.run(base + ["-o", str(run), "--resume"], check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(base + ["-o", str(run), "--resume"], check=True, env=subprocess_env(), capture_output=True,
+                   timeout=300)
     a, b = _weights(tmp_path / "full"), _weights(run)
     for k in a:
         assert torch.equal(a[k], b[k]), k
