@@ -154,6 +154,43 @@ def prepare_output_folders(jobs: Sequence[CaseJob]) -> None:
             check_writable_dir(p)
 
 
+def volume_shape(path: Path, *, read_data: bool = False) -> tuple[int, ...]:
+    """The voxel grid of a volume file (its first three axes); ``read_data`` also reads every voxel
+    (a truncated or corrupt file raises). Raises :class:`VoxdiffError` or ``OSError`` when unreadable."""
+    if full_suffix(path).lower() in (".nii", ".nii.gz"):  # header first: 4D outputs (probabilities) too
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            if read_data:
+                import numpy as np
+
+                np.asarray(img.dataobj)
+        except Exception as exc:  # nibabel raises many kinds for a broken file
+            raise VoxdiffError(f"{path}: not a readable NIfTI file ({exc})") from exc
+        return tuple(int(n) for n in img.shape[:3])
+    from voxdiff.io import load_volume
+
+    return tuple(load_volume(path).shape[:3])
+
+
+def incomplete_outputs(job: CaseJob) -> list[Path]:
+    """The outputs of ``job`` that are not a complete, readable volume of its input's grid (for
+    ``--skip-existing``: an output cut short by a killed job or a full disk is redone)."""
+    try:
+        shape = volume_shape(job.input)
+    except (OSError, VoxdiffError):
+        return []  # the case itself fails, with its own message, when run
+    bad = []
+    for path in job.outputs.values():
+        try:
+            if volume_shape(path, read_data=True) != shape:
+                bad.append(path)
+        except (OSError, VoxdiffError):
+            bad.append(path)
+    return bad
+
+
 @dataclass
 class RunSummary:
     """What one part did: counts and the failures (case name -> message)."""
@@ -180,9 +217,12 @@ def run_cases(jobs: Sequence[CaseJob], run_one: Callable[[CaseJob], Any], *, par
     for i, job in enumerate(mine, 1):
         prefix = f"[{i:>{width}}/{len(mine)}] {job.name}"
         if skip_existing and all(p.exists() for p in job.outputs.values()):
-            summary.skipped.append(job.name)
-            log(f"{prefix}: outputs exist, skipped")
-            continue
+            broken = incomplete_outputs(job)
+            if not broken:
+                summary.skipped.append(job.name)
+                log(f"{prefix}: outputs exist, skipped")
+                continue
+            log(f"{prefix}: {broken[0]} is not a complete volume of the input's shape; redoing the case")
         t0 = time.perf_counter()
         try:
             run_one(job)

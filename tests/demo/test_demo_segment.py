@@ -57,7 +57,13 @@ def tiny_models(tmp_path_factory):
     return models
 
 
-def test_segment_demo_writes_every_file_in_the_inputs_geometry(tiny_models, tmp_path, capsys):
+def test_segment_demo_writes_every_file_in_the_inputs_geometry(tiny_models, tmp_path, capsys, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     out = tmp_path / "demo"
     code = _cli(["demo", "--task", "segment", "--model", tiny_models["segmentation"], "--preseg-model",
                  tiny_models["preseg"], "--size", "small", "--samples", 2, "--steps", 1, "-o", out])

@@ -49,7 +49,13 @@ def tiny_synthesis(tmp_path_factory):
     return root / "run" / "last.pt"
 
 
-def test_synthesize_demo_writes_samples_template_checks_and_montage(tiny_synthesis, tmp_path, capsys):
+def test_synthesize_demo_writes_samples_template_checks_and_montage(tiny_synthesis, tmp_path, capsys, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     import torch
 
     out = tmp_path / "demo"

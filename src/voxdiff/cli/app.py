@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -64,6 +65,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def say(text: str) -> None:
+    """Print a plain line (paths, case names) on stdout: never read as rich markup or highlighted.
+
+    Every line that interpolates a user's path goes through this (or escapes it with
+    :func:`rich.markup.escape` inside styled text), so ``out/[test]/a.nii.gz`` prints as it is.
+    """
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 class progress_bar:
     """A transient rich progress bar as a context manager yielding a ``progress(i, n)`` callback."""
 
@@ -75,11 +85,25 @@ class progress_bar:
 
         self._bar = Progress(console=console, transient=True, disable=not self.show)
         self._bar.__enter__()
-        tid = self._bar.add_task(self.description, total=None)
+        from rich.markup import escape
+
+        tid = self._bar.add_task(escape(self.description), total=None)  # a file name is not markup
         return lambda i, n: self._bar.update(tid, completed=i, total=n)
 
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
+
+
+def checkpoint_file(spec: str | Path | None) -> Path | None:
+    """The file a ``--model``-like option reads (a run folder's ``last.pt``), for path plans; None for
+    ``pretrained:NAME`` or nothing."""
+    if spec is None or str(spec).startswith("pretrained:"):
+        return None
+    path = Path(spec)
+    return path / "last.pt" if path.is_dir() else path
+
+
+OVERWRITE_HELP = "Replace existing output files (without it, an existing output is refused)."
 
 
 def command_part(part_id, num_parts, device: str):

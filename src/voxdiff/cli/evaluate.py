@@ -13,7 +13,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from voxdiff.cli.app import app, console, err_console
+from rich.markup import escape
+
+from voxdiff.cli.app import OVERWRITE_HELP, app, console, err_console, say
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import SUPPORTED_SUFFIXES, Volume, atomic_write_text, check_same_geometry, check_writable_dir, load_volume
 from voxdiff.io.atomic import full_suffix
@@ -344,6 +346,7 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", help="CSV with one row per case."),
     summary: Path | None = typer.Option(None, "--summary", help="JSON with mean/std per metric."),
     details: Path | None = typer.Option(None, "--details", help="PET: JSON with per-lesion CRC/BV and the hot spots of each case."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Score predicted volumes against references: PSNR, SSIM, MAE, NMSE, NRMSE; with --seg Dice and HD95; with --pet PET metrics.
 
@@ -430,12 +433,24 @@ def evaluate(
         keys = tuple(dict.fromkeys(_case_keys(_stem(pred)) + _case_keys(_stem(target))))
         pairs = [_Pair(_stem(pred), pred, target, mask, keys=keys)]
     _attach_companions(pairs, pet_in)
+    # No output may replace a volume, a table or the manifest being scored (checked before any metric).
+    from voxdiff.io.guard import check_path_plan
+
+    lesion_tables = [_lesion_table(p.lesions) for p in pairs if p.lesions is not None]
+    check_path_plan({"--manifest": manifest, "--pred": [p.pred for p in pairs], "--target": [p.target for p in pairs],
+                     "--mask": [p.mask for p in pairs if p.mask is not None],
+                     **{f"--{a}": [getattr(p, a) for p in pairs if getattr(p, a) is not None]
+                        for a in ("truth", "regions", "lesions")},
+                     "--lesions (table)": lesion_tables},
+                    {"--out": out, "--summary": summary, "--details": details},
+                    existing=None if overwrite else "--overwrite")
     if pet and any(p.lesions is not None and p.regions is None for p in pairs):
         err_console.print("[yellow]warning:[/] lesions without --regions: the CRC background shells are not restricted "
                           "to the lesion's tissue", highlight=False, soft_wrap=True)
     if unmatched:
-        err_console.print(f"[yellow]warning:[/] {len(unmatched)} target(s) in {target_dir} have no prediction and "
-                          f"are not scored (first: {unmatched[0]})", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {len(unmatched)} target(s) in {escape(str(target_dir))} have no "
+                          f"prediction and are not scored (first: {escape(str(unmatched[0]))})", highlight=False,
+                          soft_wrap=True)
 
     results: list[dict[str, float]] = []
     case_details: list[dict] = []
@@ -443,7 +458,7 @@ def evaluate(
     tables: dict[Path, Path] = {}
     for i, pair in enumerate(pairs, start=1):
         if len(pairs) > 1:
-            err_console.print(f"[dim]{i}/{len(pairs)} {pair.case}[/]", highlight=False)
+            err_console.print(f"[dim]{i}/{len(pairs)} {escape(pair.case)}[/]", highlight=False)
         if pet:
             row, detail = _evaluate_pet(pair, settings, tables)
             results.append(row)
@@ -495,17 +510,20 @@ def evaluate(
         "conventions": conventions,
         "metrics": stats,
     }
-    if out is not None:
-        atomic_write_text(out, _csv_text(rows, id_cols + keys))
-    if summary is not None:
-        atomic_write_text(summary, json.dumps(_json_safe(summary_doc), indent=2, allow_nan=False) + "\n")
-    if details is not None:
-        doc = {"conventions": conventions, "cases": case_details}
-        atomic_write_text(details, json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n")
+    from voxdiff.io.atomic import staged_outputs
+
+    with staged_outputs() as stage:  # the three files together, or none changed
+        if out is not None:
+            atomic_write_text(stage.path(out), _csv_text(rows, id_cols + keys))
+        if summary is not None:
+            atomic_write_text(stage.path(summary), json.dumps(_json_safe(summary_doc), indent=2, allow_nan=False) + "\n")
+        if details is not None:
+            doc = {"conventions": conventions, "cases": case_details}
+            atomic_write_text(stage.path(details), json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n")
 
     _print_table(pairs, results, stats, keys, seg, all_labels if seg else [], pet)
     for path in outputs:
-        console.print(f"wrote {path}", highlight=False)
+        say(f"wrote {path}")
 
 
 def _pet_conventions(bins: tuple[float, ...], threshold: float, has_mask: bool, has_regions: bool) -> dict:
@@ -550,7 +568,7 @@ def _print_table(pairs: list[_Pair], results: list[dict[str, float]], stats: dic
         table.add_column(k.upper() if k != "data_range" else "range")
     if len(pairs) <= _MAX_TABLE_ROWS:
         for pair, r in zip(pairs, results):
-            table.add_row(pair.case, *(_fmt(r[k]) for k in image_keys))
+            table.add_row(escape(pair.case), *(_fmt(r[k]) for k in image_keys))
     if len(pairs) > 1:
         table.add_row("mean ± std", *(_mean_std(stats[k]) for k in image_keys), style="bold")
     console.print(table)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from voxdiff.cli.app import app, console
+from voxdiff.cli.app import OVERWRITE_HELP, app, checkpoint_file, say
 
 
 @app.command()
@@ -15,6 +15,7 @@ def export(
     output: Path = typer.Argument(..., help="Model file to write (.pt)."),
     half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size; loaded back as float32)."),
     raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write an inference-only copy of a checkpoint: one set of weights, config and normalisation.
 
@@ -30,7 +31,12 @@ def export(
 
     if output.suffix != ".pt":
         raise VoxdiffError(f"{output}: the exported model file must end in .pt")
+    from voxdiff.io.guard import check_path_plan
+
     check_writable_dir(output)
+    # A training checkpoint is never replaced by its inference-only copy, whatever the spelling.
+    check_path_plan({"CHECKPOINT": checkpoint_file(checkpoint)}, {"OUTPUT": output},
+                    existing=None if overwrite else "--overwrite")
     info = export_model(checkpoint, output, use_ema=not raw, half=half)
-    console.print(f"wrote {info['output']} ({info['bytes'] / 1e6:.1f} MB, {info['parameters']:,} parameters, "
-                  f"{info['weights']} weights as {info['storage_dtype']})", highlight=False)
+    say(f"wrote {info['output']} ({info['bytes'] / 1e6:.1f} MB, {info['parameters']:,} parameters, "
+        f"{info['weights']} weights as {info['storage_dtype']})")

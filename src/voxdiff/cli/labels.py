@@ -25,17 +25,20 @@ def make_labels(
                                               help="Folder of muse_single_labels.csv and muse_derived_mapping.csv "
                                                    "(default: the parent of --labels-dir)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Convert only the first N cases."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the label maps, classes.json and manifest.csv of an earlier run."),
 ) -> None:
     """Merge parcellation regions into classes 0..K and write a training manifest.
 
     Writes OUT_DIR/labels/<case>.nii.gz (uint8, in the parcellation's geometry).
     Writes OUT_DIR/manifest.csv (case,image,label) for a segmentation or preseg config, and OUT_DIR/classes.json.
+    A case that fails is named at the end (exit 2); the others are written and listed in the manifest.
 
     Presets: tissue = 1 CSF (600 + 509), 2 GM (601), 3 WM (604); ventricles = lateral ventricles.
     hippocampus = left + right hippocampus; hippocampus_lr = 1 left, 2 right.
 
     Example: [cyan]voxdiff make-labels --labels-dir ../shared/data/ixi-t1-2mm/labels --images-dir ../shared/data/ixi-t1-2mm/t1 --preset tissue --out-dir ../data/seg-tissue[/]
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from voxdiff.data.labels import (PRESETS, make_label_dataset, parse_classes, preset_scheme, read_region_tables,
@@ -61,9 +64,10 @@ def make_labels(
         tid = bar.add_task("labels", total=None, case="")
 
         def progress(i: int, n: int, case: str) -> None:
-            bar.update(tid, completed=i, total=n, case=case)
+            bar.update(tid, completed=i, total=n, case=escape(case))
 
-        manifest = make_label_dataset(labels_dir, images_dir, out_dir, scheme, limit=limit, progress=progress)
+        manifest = make_label_dataset(labels_dir, images_dir, out_dir, scheme, limit=limit, progress=progress,
+                                      overwrite=overwrite)
     summary = ", ".join(f"{k + 1} {n}" for k, n in enumerate(scheme.class_names))
     console.print(f"wrote {manifest} ({scheme.name}: 0 background, {summary}; "
-                  f"set model.num_classes={scheme.num_classes})")
+                  f"set model.num_classes={scheme.num_classes})", markup=False, highlight=False)

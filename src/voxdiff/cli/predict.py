@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from voxdiff.cli.app import app, command_part, console, describe_run, progress_bar
+from voxdiff.cli.app import (OVERWRITE_HELP, app, checkpoint_file, command_part, console, describe_run,
+                             progress_bar, say)
 from voxdiff.errors import VoxdiffError
 
 
@@ -64,6 +65,7 @@ def predict(
     part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
     num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     describe_only: bool = typer.Option(False, "--describe", help="Print what the model takes and gives, and exit."),
 ) -> None:
     """Run any trained model: the task stored in the checkpoint decides inputs, sampling and outputs.
@@ -93,6 +95,11 @@ def predict(
     options = dict(steps=steps, samples=samples, seed=seed, eta=eta, sampler=sampler, start_step=start_step,
                    mode=mode, sw_roi=sw_roi, units=units, series_uid=series_uid)
     if input is None:  # a model without inputs: one draw into --output
+        from voxdiff.io.guard import check_path_plan
+
+        check_path_plan({"--model": checkpoint_file(model), "--start-model": checkpoint_file(start_model)},
+                        {"--output": output, **{f"--save {k}": v for k, v in extra.items()}},
+                        existing=None if overwrite else "--overwrite")
         pipe = load()
         if pipe.task.input_roles:
             raise VoxdiffError(f"--input is required: a '{pipe.name}' model needs {', '.join(pipe.task.input_roles)}")
@@ -104,16 +111,24 @@ def predict(
         console.print(describe_run(res.info, outputs), highlight=False, markup=False)
         return
     from voxdiff.io.atomic import check_writable_dir
+    from voxdiff.io.guard import check_path_plan
 
     if not input.is_dir():  # output folders of a folder input are checked (and made) by the plan
         for path in (output, *extra.values()):
             check_writable_dir(path)
+        # The path plan before the model is loaded (predict_cases checks it again with the task's output names).
+        check_path_plan({"--input": input, "--start": start, "--model": checkpoint_file(model),
+                         "--start-model": checkpoint_file(start_model)},
+                        {"--output": output, **{f"--save {k}": v for k, v in extra.items()}},
+                        existing=None if overwrite else "--overwrite")
     pipe = load()
     outputs = {pipe.task.primary_output: output, **extra}
     res = predict_cases(lambda: pipe, input, outputs, options=options, start=start, start_name="start",
                         output_options={pipe.task.primary_output: "--output",
                                         **{k: f"--save {k}" for k in extra}},
-                        part=part, skip_existing=skip_existing, output_format=output_format, log=console.print,
-                        progress_factory=lambda: progress_bar("predict"))
+                        part=part, skip_existing=skip_existing, output_format=output_format, log=say,
+                        progress_factory=lambda: progress_bar("predict"),
+                        inputs={"--model": checkpoint_file(model), "--start-model": checkpoint_file(start_model)},
+                        overwrite=overwrite)
     if hasattr(res, "info"):
         console.print(describe_run(res.info, outputs), highlight=False, markup=False)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from voxdiff.cli.app import app, command_part, console, progress_bar
+from voxdiff.cli.app import OVERWRITE_HELP, app, checkpoint_file, command_part, console, progress_bar
 
 
 def sample_paths(output: Path, count: int) -> list[Path]:
@@ -33,6 +33,7 @@ def sample(
     eta: Optional[float] = typer.Option(None, "--eta", help="0 = DDIM (deterministic), 1 = DDPM (ancestral)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="Sampler (default: the model's): ddpm | ddim | dpmsolver++."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Draw new volumes from a synthesis (IDM/DDPM) model, in the training data's geometry and units.
 
@@ -47,7 +48,10 @@ def sample(
     from voxdiff.pipelines import load_pipeline
     from voxdiff.tasks import tasks_for_entry_point
 
+    from voxdiff.io.guard import check_path_plan
+
     paths = sample_paths(output, count)
+    check_path_plan({"--model": checkpoint_file(model)}, {"--output": paths}, existing=None if overwrite else "--overwrite")
     _, dev = command_part(None, None, device)
     pipe = load_pipeline(model, device=dev, task=tasks_for_entry_point("sample"))
     pipe.schedule(steps=steps, eta=eta, sampler=sampler)  # option errors before the first draw

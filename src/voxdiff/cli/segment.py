@@ -16,7 +16,8 @@ from typing import Optional
 
 import typer
 
-from voxdiff.cli.app import app, command_part, console, describe_run, progress_bar
+from voxdiff.cli.app import (OVERWRITE_HELP, app, checkpoint_file, command_part, console, describe_run,
+                             progress_bar, say)
 from voxdiff.errors import VoxdiffError
 
 #: ``--uncertainty-kind`` -> the pipeline output it writes.
@@ -48,6 +49,7 @@ def segment(
     part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
     num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist (resume a pre-empted job)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Segment an image with PD-DDPM, starting the diffusion from a pre-segmentation.
 
@@ -92,7 +94,9 @@ def segment(
                         output_options={"labels": "--output", unc_name: f"--uncertainty-kind {uncertainty_kind}",
                                         "probs": "--probs"},
                         output_suffix={"probs": ".nii.gz"}, part=part, skip_existing=skip_existing, output_format=output_format,
-                        log=console.print, progress_factory=lambda: progress_bar(f"segment ({mode or 'pd'})"))
+                        log=say, progress_factory=lambda: progress_bar(f"segment ({mode or 'pd'})"),
+                        inputs={"--model": checkpoint_file(model), "--preseg-model": checkpoint_file(preseg_model)},
+                        overwrite=overwrite)
     if hasattr(res, "info"):
         console.print(describe_run(res.info, {k: v for k, v in outputs.items() if v is not None}),
                       highlight=False, markup=False)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from voxdiff.cli.app import app, console
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, atomic_write_text, check_same_geometry, load_volume, save_volume
-from voxdiff.io.atomic import all_or_nothing, full_suffix
+from voxdiff.io.atomic import full_suffix, staged_outputs
 
 PHYSICS = ("projection", "image")
 PHYSICS_HELP = ("'projection' (sinograms, attenuation, scatter/randoms, Poisson counts, OSEM; see "
@@ -89,13 +89,18 @@ def _simulate_one(label_path: Path, *, case: str, scheme: str, fwhm: float, dose
     return result, params
 
 
-def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str, written: list[Path]) -> dict[str, Path]:
-    """Write one case's files, appending each to ``written`` (an :func:`all_or_nothing` list)."""
-    paths = {"full": out_dir / f"{case}_full.nii.gz", "low": out_dir / f"{case}_low.nii.gz",
-             "json": out_dir / f"{case}_pet.json"}
-    written.append(save_volume(result.full, paths["full"]))
-    written.append(save_volume(result.low, paths["low"]))
-    written.append(atomic_write_text(paths["json"], json.dumps(params, indent=2) + "\n"))
+def _image_paths(out_dir: Path, case: str) -> dict[str, Path]:
+    """Every output file of one case of the image-physics simulation."""
+    return {"full": out_dir / f"{case}_full.nii.gz", "low": out_dir / f"{case}_low.nii.gz",
+            "json": out_dir / f"{case}_pet.json"}
+
+
+def _write_case(result: Any, params: dict[str, Any], out_dir: Path, case: str, stage: Any) -> dict[str, Path]:
+    """Stage one case's files in ``stage`` (a :func:`~voxdiff.io.atomic.staged_outputs` transaction)."""
+    paths = _image_paths(out_dir, case)
+    save_volume(result.full, stage.path(paths["full"]))
+    save_volume(result.low, stage.path(paths["low"]))
+    atomic_write_text(stage.path(paths["json"]), json.dumps(params, indent=2) + "\n")
     return paths
 
 
@@ -171,12 +176,12 @@ def _simulate_projection_case(label_path: Path, *, case: str, seed: int, setting
     params = {**result.params, "labels": str(label_path.resolve()),
               "t1": str(t1.path.resolve()) if t1 is not None and t1.path is not None else None}
     paths = _projection_paths(out_dir, case, settings)
-    with all_or_nothing(out_dir) as written:
+    with staged_outputs(out_dir) as stage:
         for role, vol in result.images.items():
-            written.append(save_volume(vol, paths[role], dtype=np.uint16 if role == "lesions" else np.float32))
-        written.append(atomic_write_text(paths["lesions_json"], json.dumps(result.lesions, indent=2) + "\n"))
-        # The parameters last: a case with its JSON has every file (writes are atomic).
-        written.append(atomic_write_text(paths["json"], json.dumps(params, indent=2) + "\n"))
+            save_volume(vol, stage.path(paths[role]), dtype=np.uint16 if role == "lesions" else np.float32)
+        atomic_write_text(stage.path(paths["lesions_json"]), json.dumps(result.lesions, indent=2) + "\n")
+        # The parameters last: a case with its JSON has every file.
+        atomic_write_text(stage.path(paths["json"]), json.dumps(params, indent=2) + "\n")
     return paths, params
 
 
@@ -285,8 +290,8 @@ def simulate_pet_command(
     if physics == "image":
         result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=5.0 if fwhm is None else fwhm, dose=dose,
                                        counts=counts, mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-        with all_or_nothing(out_dir) as written:
-            paths = _write_case(result, params, out_dir, case, written)
+        with staged_outputs(out_dir) as stage:
+            paths = _write_case(result, params, out_dir, case, stage)
         console.print(
             f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
             f"(data range {params['psnr_data_range']:g}, mean {params['mean_brain_counts']:.0f} counts/brain voxel, "
@@ -467,15 +472,16 @@ def _image_dataset(files: list[Path], *, labels_dir: Path, out_dir: Path, fwhm: 
     start = time.perf_counter()
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    # A bad label map (or a full disk) removes what this run wrote: no dataset that looks complete.
-    with all_or_nothing(out_dir) as written:
+    # One transaction over the dataset: a bad label map (or a full disk) leaves no dataset that looks
+    # complete, and an earlier dataset in ``out_dir`` byte-identical.
+    with staged_outputs(out_dir) as stage:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("simulating PET", total=len(files), status="")
             for path in files:
                 case = _case_id(path)
                 result, params = _simulate_one(path, case=case, scheme=scheme, fwhm=fwhm, dose=dose, counts=counts,
                                                mean_counts=mean_counts, seed=seed, head=head, tables=tables)
-                paths = _write_case(result, params, out_dir, case, written)
+                paths = _write_case(result, params, out_dir, case, stage)
                 cases.append(Case(case, {"source": paths["low"], "target": paths["full"], "label": path}))
                 psnrs.append(params["psnr_low_vs_full_db"])
                 progress.update(task, advance=1, status=f"{case}: {psnrs[-1]:.1f} dB")
@@ -488,8 +494,9 @@ def _image_dataset(files: list[Path], *, labels_dir: Path, out_dir: Path, fwhm: 
             "seconds": round(elapsed, 1),
             "roles": {"source": "low-dose", "target": "full-dose", "label": "region labels"},
         }
-        written.append(atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n"))
-        manifest = write_manifest(cases, out_dir / "manifest.csv")
+        atomic_write_text(stage.path(out_dir / "dataset.json"), json.dumps(summary, indent=2) + "\n")
+        manifest = out_dir / "manifest.csv"
+        write_manifest(cases, stage.path(manifest), base=out_dir)
     console.print(
         f"{len(cases)} subject(s) in {elapsed:.1f} s ({elapsed / len(cases):.2f} s each); low-dose PSNR "
         f"{summary['psnr_low_vs_full_db']['mean']:.2f} ± {summary['psnr_low_vs_full_db']['std']:.2f} dB; "

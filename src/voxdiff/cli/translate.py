@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from voxdiff.cli.app import app, command_part, console, describe_run, progress_bar
+from voxdiff.cli.app import (OVERWRITE_HELP, app, checkpoint_file, command_part, console, describe_run,
+                             progress_bar, say)
 
 #: Tasks this command serves: every model whose inference contract names ``translate``.
 SAMPLER_HELP = "Sampler (default: the model's): ddpm | ddim | dpmsolver++ for DDPM models, bridge for PPDM."
@@ -39,6 +40,7 @@ def translate(
     part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
     num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist (resume a pre-empted job)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Translate a source volume into the target contrast/dose with a trained PPDM (or a baseline).
 
@@ -63,7 +65,8 @@ def translate(
     outputs = {"output": output, "std": uncertainty}
     res = predict_cases(lambda: load_pipeline(model, device=dev, task=translate_tasks()), input, outputs,
                         options=options, output_options={"output": "--output", "std": "--uncertainty"},
-                        part=part, skip_existing=skip_existing, output_format=output_format, log=console.print,
-                        progress_factory=lambda: progress_bar("translate"))
+                        part=part, skip_existing=skip_existing, output_format=output_format, log=say,
+                        progress_factory=lambda: progress_bar("translate"),
+                        inputs={"--model": checkpoint_file(model)}, overwrite=overwrite)
     if hasattr(res, "info"):
-        console.print(describe_run(res.info, {k: v for k, v in outputs.items() if v is not None}), highlight=False)
+        say(describe_run(res.info, {k: v for k, v in outputs.items() if v is not None}))

@@ -11,6 +11,7 @@ region names; :func:`composite_label_map` turns a parcellation into the class ma
 from __future__ import annotations
 
 import csv
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,17 +235,21 @@ def _volume_files(folder: Path, what: str) -> dict[str, Path]:
 
 def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: str | Path,
                        scheme: LabelScheme, *, cases: Iterable[str] | None = None, limit: int | None = None,
-                       progress: Callable[[int, int, str], None] | None = None) -> Path:
+                       progress: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> Path:
     """Remap every parcellation in ``labels_dir`` and write ``out_dir/labels/<case>.nii.gz`` (uint8,
     the parcellation's geometry), ``out_dir/classes.json`` and ``out_dir/manifest.csv``
     (``case,image,label``; paths relative to the manifest). Returns the manifest path.
 
     Each parcellation needs an image of the same case id (file stem) and geometry in ``images_dir``;
     missing images are reported before any file is written, and each file is written atomically.
+    No output may be an input, or lie directly in the labels or images folder; existing outputs
+    need ``overwrite``. A failing case is reported at the end (a :class:`VoxdiffError` naming it)
+    after the others were written and listed in the manifest.
     """
-    from voxdiff.data.manifest import Case, write_manifest
-    from voxdiff.io import atomic_write_text, check_same_geometry, load_volume, save_volume
-    from voxdiff.io.atomic import all_or_nothing
+    from voxdiff.data.manifest import write_manifest
+    from voxdiff.io import atomic_write_text
+    from voxdiff.io.atomic import staged_outputs
+    from voxdiff.io.guard import check_path_plan
 
     labels_dir, images_dir, out_dir = Path(labels_dir), Path(images_dir), Path(out_dir)
     label_files = _volume_files(labels_dir, "labels")
@@ -260,12 +265,48 @@ def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: 
     if not ids:
         raise VoxdiffError(f"{labels_dir}: no case to convert")
     out_labels = out_dir / "labels"
+    check_path_plan({"--labels-dir": [label_files[c] for c in ids], "--images-dir": [image_files[c] for c in ids]},
+                    {"--out-dir": [*(out_labels / f"{c}.nii.gz" for c in ids), out_dir / "classes.json",
+                                   out_dir / "manifest.csv"]},
+                    input_folders={"--labels-dir": labels_dir, "--images-dir": images_dir},
+                    existing=None if overwrite else "--overwrite")
     written: list[Case] = []
-    # A bad case (or a full disk) removes what this run wrote: no label folder that looks complete.
-    with all_or_nothing(out_labels) as files:
-        for i, cid in enumerate(ids):
-            if progress is not None:
-                progress(i, len(ids), cid)
+    failed: dict[str, str] = {}
+    created = [p for p in (out_labels, *out_labels.parents) if not p.exists()]
+    try:
+        _convert(ids, label_files, image_files, out_labels, scheme, written, failed, progress)
+    except BaseException:
+        if not written:
+            for d in created:  # the folders this call made, if still empty
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        raise
+    with staged_outputs() as stage:
+        atomic_write_text(stage.path(out_dir / "classes.json"), json.dumps(scheme.to_dict(), indent=2) + "\n")
+        write_manifest(written, stage.path(out_dir / "manifest.csv"), base=out_dir)
+    if failed:
+        names = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise VoxdiffError(f"{len(failed)} of {len(ids)} case(s) failed ({len(written)} written to {out_labels} "
+                           f"and listed in {out_dir / 'manifest.csv'}): {names}")
+    return out_dir / "manifest.csv"
+
+
+def _convert(ids: list[str], label_files: dict[str, Path], image_files: dict[str, Path], out_labels: Path,
+             scheme: LabelScheme, written: list, failed: dict[str, str],
+             progress: Callable[[int, int, str], None] | None) -> None:
+    """Write each case's label map, appending it to ``written`` (or its error to ``failed``)."""
+    from voxdiff.data.manifest import Case
+    from voxdiff.io import check_same_geometry, load_volume, save_volume
+    from voxdiff.io.atomic import ensure_out_dir
+
+    ensure_out_dir(out_labels)
+    # A dataset builder: a bad case is reported (exit 2 at the end) and the completed ones are kept,
+    # each written atomically; the manifest lists only those.
+    for i, cid in enumerate(ids):
+        if progress is not None:
+            progress(i, len(ids), cid)
+        dest = out_labels / f"{cid}.nii.gz"
+        try:
             lab = load_volume(label_files[cid], role=f"case '{cid}' labels")
             img = load_volume(image_files[cid], role=f"case '{cid}' image")
             check_same_geometry(img, lab, what=f"case '{cid}'")
@@ -273,14 +314,18 @@ def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: 
                 remapped = composite_label_map(lab.array, scheme)
             except VoxdiffError as exc:
                 raise VoxdiffError(f"{label_files[cid]}: {exc}") from exc
-            dest = out_labels / f"{cid}.nii.gz"
             save_volume(remapped, dest, like=lab, dtype=remapped.dtype)
-            files.append(dest)
-            written.append(Case(cid, {"image": image_files[cid].resolve(), "label": dest.resolve()}))
-        if progress is not None:
-            progress(len(ids), len(ids), "")
-        files.append(atomic_write_text(out_dir / "classes.json", json.dumps(scheme.to_dict(), indent=2) + "\n"))
-        return write_manifest(written, out_dir / "manifest.csv")
+        except VoxdiffError as exc:
+            if isinstance(exc.__cause__, OSError):  # a full disk: every later case would fail too
+                raise
+            failed[cid] = " ".join(str(exc).split())
+            continue
+        written.append(Case(cid, {"image": image_files[cid].resolve(), "label": dest.resolve()}))
+    if progress is not None:
+        progress(len(ids), len(ids), "")
+    if not written:
+        names = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise VoxdiffError(f"every case failed: {names}" if len(failed) > 1 else next(iter(failed.values())))
 
 
 __all__ = [

@@ -180,8 +180,11 @@ def scan_folder(root: str | os.PathLike, roles: Sequence[str], *, suffixes: Sequ
     return [Case(cid, {r: found[r][cid] for r in roles}) for cid in all_ids]
 
 
-def write_manifest(cases: Sequence[Case], path: str | os.PathLike) -> Path:
-    """Write ``cases`` as a CSV manifest atomically, with paths relative to the manifest's folder."""
+def write_manifest(cases: Sequence[Case], path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> Path:
+    """Write ``cases`` as a CSV manifest atomically, with paths relative to the manifest's folder.
+
+    ``base`` is that folder when ``path`` is a temporary name elsewhere (a staged output,
+    :func:`voxdiff.io.atomic.staged_outputs`)."""
     path = Path(path)
     if not cases:
         raise VoxdiffError(f"{path}: no case to write")
@@ -190,7 +193,7 @@ def write_manifest(cases: Sequence[Case], path: str | os.PathLike) -> Path:
     for c in cases:
         roles += [r for r in c.paths if r not in roles]
         metas += [m for m in c.meta if m not in metas and m not in roles]
-    base = path.parent.resolve() if str(path.parent) else Path.cwd()
+    base = Path(base).resolve() if base is not None else path.parent.resolve() if str(path.parent) else Path.cwd()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["case", *roles, *metas])

@@ -67,11 +67,15 @@ def write_error(path: str | os.PathLike, exc: OSError) -> VoxdiffError:
     return VoxdiffError(f"{path}: could not write ({exc.strerror or exc}); nothing was written")
 
 
-def _output_mode() -> int:
-    # mkstemp/mkdtemp create private files; outputs get the usual permissions (0666 minus umask).
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _output_mode() -> int:
+    # mkstemp/mkdtemp create private files; outputs get the usual permissions (0666 minus umask).
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -136,15 +140,72 @@ def atomic_file_set(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def all_or_nothing(out_dir: str | os.PathLike | None = None) -> Iterator[list[Path]]:
-    """Run a block that writes several outputs; if it raises, remove those it had written.
+class StagedOutputs:
+    """The outputs of one :func:`staged_outputs` block: each is written under a temporary name first.
 
-    Yields a list: append each output file once it is written. With ``out_dir`` the folder is
-    first created (as :func:`ensure_out_dir`), and the folders this call created are removed
-    again on failure if they are empty. A command that fails on its 3rd case or its 2nd output
-    thus leaves nothing behind, instead of outputs that look complete. (Ctrl-C is not an
-    error: what was written stays, as each file is complete.)
+    :meth:`path` gives the file a writer should write for a final output: its own name inside a
+    hidden temporary folder beside it (so detached headers and companion files, e.g. ``.mhd`` +
+    ``.raw`` or ``.hv`` + ``.v``, keep their names, and a DICOM series folder its own).
+    """
+
+    def __init__(self) -> None:
+        self._stages: list[tuple[Path, Path]] = []
+
+    def path(self, dest: str | os.PathLike) -> Path:
+        """Where to write ``dest`` (file or DICOM folder) now; it reaches ``dest`` when the block succeeds."""
+        dest = Path(dest)
+        parent = dest.parent if str(dest.parent) else Path(".")
+        if not parent.is_dir():
+            raise VoxdiffError(f"{dest}: output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise VoxdiffError(f"{dest}: output folder {parent} is not writable")
+        try:
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+        except OSError as exc:
+            raise write_error(dest, exc) from exc
+        self._stages.append((dest, tmp_dir))
+        return tmp_dir / dest.name
+
+    @property
+    def outputs(self) -> list[Path]:
+        """The final paths staged so far, in order."""
+        return [dest for dest, _ in self._stages]
+
+    def _commit(self) -> None:
+        # Renames within one folder: each output appears whole, its main file after its companions.
+        mode = _output_mode()
+        for dest, tmp_dir in self._stages:
+            for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
+                target = dest.parent / f.name
+                if f.is_dir():  # a DICOM series folder: the earlier one goes only once the new one is in place
+                    os.chmod(f, 0o777 & ~_umask())
+                    old = None
+                    if target.is_dir():
+                        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=dest.parent))
+                        os.replace(target, old / target.name)
+                    os.replace(f, target)
+                    if old is not None:
+                        shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.chmod(f, mode)
+                    os.replace(f, target)
+        self._discard()
+
+    def _discard(self) -> None:
+        for _, tmp_dir in self._stages:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike | None = None) -> Iterator[StagedOutputs]:
+    """Run a block that writes several outputs as one transaction: all of them, or none changed.
+
+    Write each output to ``stage.path(final)``; when the block ends without error, every staged
+    file is renamed onto its final name. If the block raises (a bad case, a full disk, Ctrl-C),
+    the staged files are removed and every file that existed before is left byte-identical: an
+    earlier result that a re-run was replacing survives the failure. With ``out_dir`` the folder
+    is first created (as :func:`ensure_out_dir`); the folders this call created are removed again
+    on failure if they are empty.
     """
     created: list[Path] = []
     if out_dir is not None:
@@ -154,18 +215,24 @@ def all_or_nothing(out_dir: str | os.PathLike | None = None) -> Iterator[list[Pa
             created.append(p)
             p = p.parent
         ensure_out_dir(out_dir)
-    written: list[Path] = []
+    stage = StagedOutputs()
     try:
-        yield written
-    except Exception:
-        for f in written:
-            if Path(f).is_dir():  # a series folder (DICOM) this block wrote
-                shutil.rmtree(f, ignore_errors=True)
-            else:
-                Path(f).unlink(missing_ok=True)
+        yield stage
+        try:
+            stage._commit()
+        except OSError as exc:
+            raise write_error(stage.outputs[0] if stage.outputs else (out_dir or "."), exc) from exc
+    except BaseException as exc:
+        stage._discard()
         for d in created:  # deepest first
             with contextlib.suppress(OSError):
                 d.rmdir()
+        if isinstance(exc, VoxdiffError):  # name the output, not its temporary name
+            text = str(exc)
+            for dest, tmp_dir in stage._stages:
+                text = text.replace(str(tmp_dir / dest.name), str(dest))
+            if text != str(exc):
+                raise VoxdiffError(text) from exc
         raise
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from voxdiff.cases import Part, RunSummary, plan_cases, prepare_output_folders, run_cases
 from voxdiff.io.atomic import check_writable_dir
+from voxdiff.io.guard import check_path_plan
 from voxdiff.errors import VoxdiffError
 from voxdiff.pipelines.pipeline import Pipeline, PipelineOutput, wants_dicom
 
@@ -20,7 +21,8 @@ def predict_cases(load: Callable[[], Pipeline], input_path: Path, outputs: Mappi
                   options: Mapping[str, Any] | None = None, start: Optional[Path] = None, start_name: str = "start",
                   output_options: Mapping[str, str] | None = None, output_suffix: Mapping[str, str] | None = None,
                   part: Part | None = None, skip_existing: bool = False, output_format: str | None = None,
-                  log: Callable[[str], None] = print, progress_factory: Callable[[], Any] | None = None
+                  log: Callable[[str], None] = print, progress_factory: Callable[[], Any] | None = None,
+                  inputs: Mapping[str, Any] | None = None, overwrite: bool = False
                   ) -> PipelineOutput | RunSummary:
     """Run a pipeline on ``input_path`` (a volume file or a folder of them) and write ``outputs``.
 
@@ -33,6 +35,12 @@ def predict_cases(load: Callable[[], Pipeline], input_path: Path, outputs: Mappi
     output in messages. Returns the one case's :class:`PipelineOutput` for a file input run in
     one part, else the :class:`~voxdiff.cases.RunSummary`. ``output_format`` (``auto``, ``nifti``,
     ``dicom``) decides how outputs are written (:func:`voxdiff.pipelines.pipeline.wants_dicom`).
+
+    Before a model is loaded, the whole path plan is checked (:func:`voxdiff.io.guard.check_path_plan`):
+    every planned output against every input file (``--input``, the start volumes, and ``inputs``,
+    e.g. ``{"--model": checkpoint}``) and each other. An existing output file needs ``overwrite``;
+    in folder mode, an existing planned output of this part needs ``skip_existing`` (kept when
+    complete) or ``overwrite``.
     """
     options = dict(options or {})
     part = part or Part()
@@ -41,6 +49,19 @@ def predict_cases(load: Callable[[], Pipeline], input_path: Path, outputs: Mappi
     if folder_mode and any(wants_dicom(p, output_format) for p in wanted.values()):
         raise VoxdiffError("DICOM output is written one case at a time: give one volume file or DICOM series "
                            "folder as --input")
+    names = {role: (output_options or {}).get(role, f"output '{role}'") for role in wanted}
+    check_path_plan({"--input": [j.input for j in jobs],
+                     f"--{start_name}": [j.extra_inputs[start_name] for j in jobs if start_name in j.extra_inputs],
+                     **(inputs or {})},
+                    {names[role]: [j.outputs[role] for j in jobs] for role in wanted},
+                    input_folders={"--input": input_path} if folder_mode else None,
+                    existing=None if overwrite or folder_mode else "--overwrite")
+    if folder_mode and not (overwrite or skip_existing):
+        for job in part.select(jobs):
+            for role, path in job.outputs.items():
+                if path.exists():
+                    raise VoxdiffError(f"{path}: {names[role]} already holds this case's output (an earlier run); "
+                                       "pass --skip-existing to keep complete outputs or --overwrite to replace them")
     if not folder_mode and part.count == 1:
         for path in wanted.values():
             check_writable_dir(path)

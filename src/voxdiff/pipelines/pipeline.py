@@ -74,27 +74,30 @@ class PipelineOutput(Mapping[str, Volume]):
              description: str | None = None, class_names: Any = None) -> dict[str, Path]:
         """Write the named outputs to ``paths`` (name -> file or DICOM folder), all or none.
 
-        Intensity outputs go back to the input's stored units (e.g. SUV -> Bq/ml for a PET series
-        read with ``units="suv"``). As DICOM (:func:`wants_dicom`), intensities become a derived
-        series of the input's, label maps a DICOM SEG.
+        The outputs are staged under temporary names and renamed into place together
+        (:func:`voxdiff.io.atomic.staged_outputs`): if one fails, no output changes, and an
+        earlier file being replaced stays as it was. Intensity outputs go back to the input's
+        stored units (e.g. SUV -> Bq/ml for a PET series read with ``units="suv"``). As DICOM
+        (:func:`wants_dicom`), intensities become a derived series of the input's, label maps a DICOM SEG.
         """
-        from voxdiff.io.atomic import all_or_nothing
+        from voxdiff.io.atomic import staged_outputs
 
         model = str(self.info.get("model", ""))
         description = description or f"voxdiff {self.info.get('task', '')}".strip()
         written_paths: dict[str, Path] = {}
-        with all_or_nothing() as written:
+        with staged_outputs() as stage:
             for name, path in paths.items():
                 vol, kind = self[name], self.kinds.get(name, "map")
+                tmp = stage.path(path)
                 if wants_dicom(path, output_format):
-                    written.append(_save_dicom(vol, Path(path), kind, f"{description} {name}", model, class_names))
+                    _save_dicom(vol, tmp, kind, f"{description} {name}", model, class_names)
                 else:
                     if kind in ("intensity", "spread") and vol.meta.get("units") == "suv":
                         from voxdiff.io.dicom import to_input_units
 
                         vol = vol.with_array(np.asarray(to_input_units(vol.array, vol), dtype=np.float32))
                     dtype = vol.disk_dtype if vol.disk_dtype is not None else np.float32
-                    written.append(save_volume(vol, path, dtype=dtype))
+                    save_volume(vol, tmp, dtype=dtype)
                 written_paths[name] = Path(path)
         return written_paths
 

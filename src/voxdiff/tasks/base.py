@@ -197,6 +197,10 @@ class Task(nn.Module):
         process = getattr(self, "process", None)
         default = inference_cfg.get("sampler") or getattr(process, "default_sampler", None)
         name = default if sampler is None else sampler
+        if name is not None and process is not None:
+            from voxdiff.diffusion.samplers import check_sampler_name
+
+            check_sampler_name(name, process.kind)
         if eta is not None:
             return name, float(eta)
         return name, (inference_cfg.get("eta") if name == default else None)
