@@ -54,7 +54,8 @@ class _FullDiskFile:
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """``full_disk(folder, only="")``: files opened for writing in ``folder`` (names containing ``only``)
+    """``full_disk(folder, only="")``: files opened for writing under ``folder`` (names containing ``only``;
+    staged outputs are written in hidden temporary folders inside it)
     fail with ENOSPC after 100 bytes. Patches ``open`` (gzip/nibabel .nii.gz, Path.write_*, csv, torch
     checkpoints via Path.write_bytes); C++ writers (SimpleITK) are covered by the subprocess tests."""
 
@@ -65,7 +66,7 @@ def full_disk(monkeypatch):
         def fake_open(file, mode="r", *args, **kwargs):
             f = real_open(file, mode, *args, **kwargs)
             if (isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+")
-                    and os.path.dirname(os.path.realpath(file)) == target and only in os.path.basename(file)):
+                    and os.path.realpath(file).startswith(target + os.sep) and only in os.path.basename(file)):
                 return _FullDiskFile(f, 100)
             return f
 
@@ -119,8 +120,9 @@ def test_disk_full(case, full_disk, corpus, translation_model, seg_models, prese
     line = assert_user_error(*run_main(args, capsys), named)
     assert "no space left on device" in line, line
     left = listing(out)
-    if case == "simulate-pet-dataset":
-        # Completed subjects are kept (verified and skipped by a re-run); no manifest, no temporary file.
+    if case in ("simulate-pet-dataset", "make-labels"):
+        # Dataset builders: completed subjects are kept (verified and skipped by a re-run of simulate-pet-dataset);
+        # no manifest, no temporary file.
         assert not [n for n in left if "manifest" in n or Path(n).name.startswith(".") or "tmp" in n], left
     else:
         # Nothing: neither the file that failed, nor its temporary file, nor the outputs written before it.

@@ -12,9 +12,10 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from voxdiff.cli.app import bench_app, console
+from voxdiff.cli.app import bench_app, console, say
 from voxdiff.cli.tables import FitTable
 from voxdiff.errors import VoxdiffError
+from voxdiff.io.guard import check_path_plan
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -145,6 +146,7 @@ def memory(
             from voxdiff.io import check_writable_dir
 
             check_writable_dir(path)
+    check_path_plan({"--config": config}, {"--json": json_out, "--plot": plot, "--markdown": markdown})
     chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
     chosen, notes = expand_methods(chosen, depths=depth_list, precisions=precision_list, checkpointing=checkpointing)
     for note in notes:
@@ -159,7 +161,7 @@ def memory(
 
         label = r["method"] if variant_label(r) == "fp32" else f"{r['method']} ({variant_label(r)})"
         if "error" in r:
-            console.print(f"  {label} @ {r['size']}^3: [red]failed[/] ({r['error']})", highlight=False)
+            console.print(f"  {label} @ {r['size']}^3: [red]failed[/] ({escape(str(r['error']))})", highlight=False)
         else:
             console.print(f"  {label} @ {r['size']}^3: {r['peak_mib']:.0f} MiB, {r['step_s']:.2f} s/step",
                           highlight=False)
@@ -179,7 +181,7 @@ def memory(
                "results": results}
     if json_out is not None:
         _write_json(json_out, payload)
-        console.print(f"wrote {json_out}")
+        say(f"wrote {json_out}")
     if markdown is not None:
         from voxdiff.io import atomic_write_text
 
@@ -187,11 +189,11 @@ def memory(
         if notes:
             text += "\n" + "\n".join(f"Note: {n}." for n in notes) + "\n"
         atomic_write_text(markdown, text)
-        console.print(f"wrote {markdown}")
+        say(f"wrote {markdown}")
     if plot is not None:
         if any("error" not in r for r in results):
             plot_memory(results, plot)
-            console.print(f"wrote {plot}")
+            say(f"wrote {plot}")
         else:
             console.print("[yellow]no successful measurement: plot not written[/]")
 
@@ -270,6 +272,7 @@ def sampling(
             from voxdiff.io import check_writable_dir
 
             check_writable_dir(path)
+    check_path_plan({"--config": config, "--input": input_}, {"--json": json_out, "--markdown": markdown})
     steps = parse_steps(steps_per_method)
     chosen = _methods(methods, config, list(set_), base, ("full3d", "patch", "ppdm2", "ppdm4"))
     plan_runs(chosen, steps)  # refuse unknown --steps-per-method keys before any work
@@ -293,7 +296,7 @@ def sampling(
 
     def report(r: dict) -> None:
         if "error" in r:
-            console.print(f"  {r['run']}: [red]failed[/] ({r['error']})", highlight=False)
+            console.print(f"  {escape(str(r['run']))}: [red]failed[/] ({escape(str(r['error']))})", highlight=False)
         else:
             extra = f" (extrapolated from {r['measured_steps']} steps)" if r["extrapolated"] else ""
             console.print(f"  {r['run']}: {r['steps']} steps, {r['seconds']:.1f} s{extra}", highlight=False)
@@ -309,12 +312,12 @@ def sampling(
         _write_json(json_out, {"benchmark": "sampling", "environment": _environment(), "device": device,
                                "shape": shape, "base": base, "threads": threads, "max_steps": max_steps,
                                "reference": ref, "results": results})
-        console.print(f"wrote {json_out}")
+        say(f"wrote {json_out}")
     if markdown is not None:
         from voxdiff.io import atomic_write_text
 
         atomic_write_text(markdown, sampling_markdown(results, ref) + "\n")
-        console.print(f"wrote {markdown}")
+        say(f"wrote {markdown}")
 
 
 def sampling_table(results: list[dict], reference: str | None) -> FitTable:

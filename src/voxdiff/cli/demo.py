@@ -12,6 +12,8 @@ from voxdiff.cli.app import app, console
 
 def print_tables(tables) -> None:
     """Print a demo's :class:`~voxdiff.demo.common.DemoTable` s whole (numbers never cut)."""
+    from rich.markup import escape
+
     from voxdiff.cli.tables import FitTable
 
     for t in tables:
@@ -19,7 +21,7 @@ def print_tables(tables) -> None:
         for header, numeric in t.columns:
             table.add_column(header, numeric=numeric)
         for row in t.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(cell)) for cell in row))  # model paths, case names: not markup
         console.print(table)
 
 
@@ -58,6 +60,13 @@ def demo(
 
     if size not in ("full", "small"):
         raise VoxdiffError(f"--size must be full or small, got '{size}'")
+    from voxdiff.cli.app import checkpoint_file
+    from voxdiff.demo import DEMO_FILES, SEGMENT_FILES, synthesis_files
+    from voxdiff.io.guard import check_path_plan
+
+    names = {"translate": DEMO_FILES, "segment": SEGMENT_FILES}.get(task) or synthesis_files(max(int(samples), 1))
+    check_path_plan({"--model": checkpoint_file(model), "--preseg-model": checkpoint_file(preseg_model)},
+                    {"--out-dir": [out_dir / n for n in names]})
     summary = run_demo(out_dir, task=task, steps=steps, samples=samples, seed=seed,
                        crop=32 if size == "small" else None, model=model, preseg_model=preseg_model,
                        start_step=start_step, sampler=sampler, console=console)

@@ -238,6 +238,28 @@ def _lesion_json(path: Path) -> Path:
     return path.with_name(_stem(path) + ".json")
 
 
+
+def _simulated_activity(lesion_map_path: Path, like) -> "np.ndarray | None":
+    """The simulation's noise-free activity map beside a lesion map (``<case>_lesions`` -> ``<case>_activity``).
+
+    ``voxdiff simulate-pet`` writes it; with it each lesion's CRC divides by the true lesion /
+    background ratio measured in the same ROI and shell (NEMA's actual activity ratio).
+    """
+    from voxdiff.io import SUPPORTED_SUFFIXES
+    from voxdiff.io.atomic import case_name
+
+    stem = case_name(lesion_map_path)
+    if not stem.endswith("_lesions"):
+        return None
+    for suffix in SUPPORTED_SUFFIXES:
+        cand = lesion_map_path.parent / f"{stem[: -len('_lesions')]}_activity{suffix}"
+        if cand.is_file():
+            vol = load_volume(cand, role="activity")
+            check_same_geometry(like, vol, what=f"{cand}")
+            return vol.array
+    return None
+
+
 def _evaluate_pet(pair: _Pair, opts: _PetSettings, tables: dict[Path, Path]) -> tuple[dict[str, float], dict]:
     """PET metric columns and per-lesion / hot-spot detail of one case."""
     from voxdiff import metrics
@@ -247,7 +269,7 @@ def _evaluate_pet(pair: _Pair, opts: _PetSettings, tables: dict[Path, Path]) -> 
     pred = load_volume(pair.pred, role="prediction")
     check_same_geometry(target, pred, what=f"case {pair.case}")
     mask = _load_mask(pair, target)
-    truth = regions = lesion_map = lesions = None
+    truth = regions = lesion_map = lesions = activity = None
     if pair.truth is not None:
         truth_vol = load_volume(pair.truth, role="truth")
         check_same_geometry(target, truth_vol, what=f"case {pair.case}")
@@ -270,10 +292,12 @@ def _evaluate_pet(pair: _Pair, opts: _PetSettings, tables: dict[Path, Path]) -> 
         lesion_map = lesion_vol.array
         table = _lesion_json(pair.lesions)
         lesions = read_lesion_json(table)["lesions"]
+        activity = _simulated_activity(pair.lesions, target)
     try:
         out = metrics.pet_metrics(pred.array, target.spacing, target=target.array, truth=truth, regions=regions,
                                   lesion_map=lesion_map, lesions=lesions, mask=mask, data_range=opts.data_range,
-                                  size_bins=opts.size_bins, hotspot_threshold=opts.hotspot_threshold)
+                                  size_bins=opts.size_bins, hotspot_threshold=opts.hotspot_threshold,
+                                  activity=activity)
     except VoxdiffError as exc:
         where = ", ".join(str(p) for p in (pair.pred, pair.truth or pair.target, pair.lesions) if p is not None)
         raise VoxdiffError(f"case {pair.case} ({where}): {exc}") from None
@@ -436,7 +460,7 @@ def evaluate(
     # No output may replace a volume, a table or the manifest being scored (checked before any metric).
     from voxdiff.io.guard import check_path_plan
 
-    lesion_tables = [_lesion_table(p.lesions) for p in pairs if p.lesions is not None]
+    lesion_tables = [_lesion_json(p.lesions) for p in pairs if p.lesions is not None]
     check_path_plan({"--manifest": manifest, "--pred": [p.pred for p in pairs], "--target": [p.target for p in pairs],
                      "--mask": [p.mask for p in pairs if p.mask is not None],
                      **{f"--{a}": [getattr(p, a) for p in pairs if getattr(p, a) is not None]

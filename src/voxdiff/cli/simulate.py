@@ -16,7 +16,9 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from voxdiff.cli.app import app, console
+from rich.markup import escape
+
+from voxdiff.cli.app import OVERWRITE_HELP, app, console, say
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import Volume, atomic_write_text, check_same_geometry, load_volume, save_volume
 from voxdiff.io.atomic import full_suffix, staged_outputs
@@ -185,6 +187,26 @@ def _simulate_projection_case(label_path: Path, *, case: str, seed: int, setting
     return paths, params
 
 
+def _head_input(head: str, labels: Path, scheme: str) -> Path | None:
+    """The anatomical image a --head choice reads, if any (for the path plan; nothing is loaded)."""
+    if scheme == "brainweb" or head in ("none", "labels"):
+        return None
+    return labels.parent.parent / "t1" / labels.name if head == "auto" else Path(head)
+
+
+def _check_plan(label_files: list[Path], outputs: list[Path], *, head: str, scheme: str, tables: Path | None,
+                labels_dir: Path | None = None, existing: str | None = None) -> None:
+    """The path plan of a simulation (:func:`voxdiff.io.guard.check_path_plan`), before any work."""
+    from voxdiff.io.guard import check_path_plan
+
+    heads = [h for h in (_head_input(head, f, scheme) for f in label_files) if h is not None and h.exists()]
+    option = "--labels-dir" if labels_dir is not None else "LABELS"
+    check_path_plan({option: label_files, "--head": heads,
+                     "--tables": sorted(tables.glob("*.csv")) if tables is not None and tables.is_dir() else None},
+                    {"--out-dir": outputs}, input_folders={"--labels-dir": labels_dir} if labels_dir else None,
+                    existing=existing)
+
+
 def _settings_record(settings: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -205,6 +227,17 @@ def _complete_case(paths: dict[str, Path], shape: tuple[int, ...], settings: Any
     except (OSError, ValueError, VoxdiffError):
         return None
     return params
+
+
+def _other_settings(json_path: Path, settings: Any, seed: int) -> bool:
+    """Whether a case's parameter file records other settings or seed than this run's (an earlier result
+    that re-simulating would replace); False when there is none or it is unreadable (an incomplete case)."""
+    try:
+        params = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(params, dict) and (params.get("settings") != _settings_record(settings)
+                                         or params.get("seed_base") != seed)
 
 
 def _manifest_roles(settings: Any) -> tuple[str, list[str]]:
@@ -274,6 +307,7 @@ def simulate_pet_command(
     head: str = typer.Option("auto", "--head", help=HEAD_HELP),
     case: str | None = typer.Option(None, "--case", help="Case id for the output names (default: the file name)."),
     tables: Path | None = typer.Option(None, "--tables", help="Folder of the MUSE region CSVs (default: found beside the labels)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Simulate PET of one subject from its label map.
 
@@ -287,30 +321,33 @@ def simulate_pet_command(
     _common_options(fwhm, dose, counts, mean_counts, scheme, physics)
     case = case or _case_id(labels)
     start = time.perf_counter()
+    existing = None if overwrite else "--overwrite"
     if physics == "image":
+        _check_plan([labels], list(_image_paths(out_dir, case).values()), head=head, scheme=scheme, tables=tables,
+                    existing=existing)
         result, params = _simulate_one(labels, case=case, scheme=scheme, fwhm=5.0 if fwhm is None else fwhm, dose=dose,
                                        counts=counts, mean_counts=mean_counts, seed=seed, head=head, tables=tables)
         with staged_outputs(out_dir) as stage:
             paths = _write_case(result, params, out_dir, case, stage)
         console.print(
-            f"{case}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
+            f"{escape(case)}: low-dose ({dose:g}) PSNR vs full-dose [bold]{params['psnr_low_vs_full_db']:.2f} dB[/] "
             f"(data range {params['psnr_data_range']:g}, mean {params['mean_brain_counts']:.0f} counts/brain voxel, "
-            f"head: {params['head_mask']}) in {time.perf_counter() - start:.1f} s"
+            f"head: {escape(str(params['head_mask']))}) in {time.perf_counter() - start:.1f} s"
         )
-        console.print(f"wrote {paths['full']}, {paths['low']}, {paths['json']}", highlight=False)
+        say(f"wrote {paths['full']}, {paths['low']}, {paths['json']}")
         return
     settings = _settings(doses=doses, nac_doses=nac_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon,
                          iterations=iterations, subsets=subsets, views=views, oversample=oversample,
                          background_fraction=background_fraction, post_filter_mm=post_filter_mm, lesions=lesions,
                          lesion_diameters=lesion_diameters, lesion_contrast=lesion_contrast,
                          lesion_free_fraction=lesion_free_fraction, device=device)
+    _check_plan([labels], list(_projection_paths(out_dir, case, settings).values()), head=head, scheme=scheme,
+                tables=tables, existing=existing)
     paths, params = _simulate_projection_case(labels, case=case, seed=seed, settings=settings, scheme=scheme,
                                               head=head, tables=tables, out_dir=out_dir)
     counts_text = ", ".join(f"{k}%: {v['prompts']:.3g}" for k, v in params["counts"].items())
-    console.print(f"{case}: prompts {counts_text}; {params['lesions']} lesion(s); {time.perf_counter() - start:.1f} s",
-                  highlight=False)
-    console.print(f"wrote {len(paths)} files to {out_dir} ({case}_*.nii.gz, {case}_lesions.json, {case}_pet.json)",
-                  highlight=False)
+    say(f"{case}: prompts {counts_text}; {params['lesions']} lesion(s); {time.perf_counter() - start:.1f} s")
+    say(f"wrote {len(paths)} files to {out_dir} ({case}_*.nii.gz, {case}_lesions.json, {case}_pet.json)")
 
 
 @app.command("simulate-pet-dataset")
@@ -344,6 +381,7 @@ def simulate_pet_dataset_command(
     part_id: int | None = typer.Option(None, "--part-id", help="[projection] This process's part (0-based), round-robin on sorted case ids."),
     num_parts: int | None = typer.Option(None, "--num-parts", help="[projection] Number of parts the subjects are split into."),
     tables: Path | None = typer.Option(None, "--tables", help="Folder of the MUSE region CSVs (default: found beside the labels)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Simulate again subjects whose files were made with other settings (projection), or replace an earlier dataset (image)."),
 ) -> None:
     """Build a PET dataset from a folder of label maps.
 
@@ -353,6 +391,8 @@ def simulate_pet_dataset_command(
     one column per role, label) and dataset.json are written by the run that finds every subject complete (a plain run
     after all --part-id/--num-parts runs writes them too), or by a single-process run listing the completed subjects.
     image: CASE_full/CASE_low.nii.gz + CASE_pet.json per subject, manifest.csv (source = low, target = full), all or nothing.
+    Existing files of other settings (projection) or an earlier dataset (image) are replaced only with --overwrite; a
+    failure leaves every earlier file as it was.
 
     Example: [cyan]voxdiff simulate-pet-dataset --labels-dir ../shared/data/ixi-t1-2mm/labels --out-dir ../data/pet-proj --limit 20[/]
     """
@@ -374,6 +414,9 @@ def simulate_pet_dataset_command(
     if physics == "image":
         if part_id is not None or num_parts is not None:
             raise VoxdiffError("--part-id/--num-parts need --physics projection")
+        _check_plan(files, [p for f in files for p in _image_paths(out_dir, _case_id(f)).values()]
+                    + [out_dir / "manifest.csv", out_dir / "dataset.json"], head=head, scheme=scheme, tables=tables,
+                    labels_dir=labels_dir, existing=None if overwrite else "--overwrite")
         _image_dataset(files, labels_dir=labels_dir, out_dir=out_dir, fwhm=5.0 if fwhm is None else fwhm, dose=dose,
                        counts=counts, mean_counts=mean_counts, seed=seed, scheme=scheme, head=head, tables=tables)
         return
@@ -385,6 +428,15 @@ def simulate_pet_dataset_command(
                          background_fraction=background_fraction, post_filter_mm=post_filter_mm, lesions=lesions,
                          lesion_diameters=lesion_diameters, lesion_contrast=lesion_contrast,
                          lesion_free_fraction=lesion_free_fraction, device=device)
+    _check_plan(files, [p for f in files for p in _projection_paths(out_dir, _case_id(f), settings).values()]
+                + [out_dir / "manifest.csv", out_dir / "dataset.json"], head=head, scheme=scheme, tables=tables,
+                labels_dir=labels_dir)
+    if not overwrite:
+        for f in files:
+            json_path = _projection_paths(out_dir, _case_id(f), settings)["json"]
+            if _other_settings(json_path, settings, seed):
+                raise VoxdiffError(f"{json_path}: subject {_case_id(f)} was simulated with other settings or another "
+                                   "--seed; pass --overwrite to simulate it again, or choose another --out-dir")
     _projection_dataset(files, part=part, settings=settings, labels_dir=labels_dir, out_dir=out_dir, seed=seed,
                         scheme=scheme, head=head, tables=tables)
 
@@ -405,28 +457,28 @@ def _projection_dataset(files: list[Path], *, part: Any, settings: Any, labels_d
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{where}simulating PET", total=len(mine), status="")
+        task = progress.add_task(f"{where}simulating PET", total=len(mine), status="")  # status: escaped names
         for path in mine:
             case = _case_id(path)
             paths = _projection_paths(out_dir, case, settings)
             shape = load_volume(path, role="labels").shape if paths["json"].exists() else None
             if shape is not None and _complete_case(paths, shape, settings, seed) is not None:
                 skipped.append(case)
-                progress.update(task, advance=1, status=f"{case}: complete, skipped")
+                progress.update(task, advance=1, status=f"{escape(case)}: complete, skipped")
                 continue
             try:
                 _, params = _simulate_projection_case(path, case=case, seed=seed, settings=settings, scheme=scheme,
                                                       head=head, tables=tables, out_dir=out_dir)
             except VoxdiffError as exc:
                 failed[case] = " ".join(str(exc).split())
-                progress.update(task, advance=1, status=f"{case}: FAILED")
-                console.print(f"{case}: FAILED: {failed[case]}", highlight=False)
+                progress.update(task, advance=1, status=f"{escape(case)}: FAILED")
+                say(f"{case}: FAILED: {failed[case]}")
                 continue
             done[case] = params
-            progress.update(task, advance=1, status=f"{case}: {params['seconds']:.0f} s")
+            progress.update(task, advance=1, status=f"{escape(case)}: {params['seconds']:.0f} s")
     elapsed = time.perf_counter() - start
-    console.print(f"{where}{len(done)} simulated, {len(skipped)} skipped (complete), {len(failed)} failed of "
-                  f"{len(mine)} subject(s) in {elapsed:.1f} s", highlight=False)
+    say(f"{where}{len(done)} simulated, {len(skipped)} skipped (complete), {len(failed)} failed of "
+        f"{len(mine)} subject(s) in {elapsed:.1f} s")
 
     # The manifest lists every complete subject (all parts); a part run writes it only when none is missing.
     source, roles = _manifest_roles(settings)
@@ -443,18 +495,20 @@ def _projection_dataset(files: list[Path], *, part: Any, settings: Any, labels_d
         else:
             missing.append(case)
     if part.count > 1 and missing:
-        console.print(f"manifest not written yet: {len(missing)} subject(s) not complete (other parts may still run; "
-                      f"a run without --part-id after them writes it)", highlight=False)
+        say(f"manifest not written yet: {len(missing)} subject(s) not complete (other parts may still run; "
+            f"a run without --part-id after them writes it)")
     elif complete:
         cases = [Case(case, {"source": paths[source], "target": paths["full"],
                              **{r: paths[r] for r in roles}, "label": path}) for path, case, paths in complete]
-        manifest = write_manifest(cases, out_dir / "manifest.csv")
+        manifest = out_dir / "manifest.csv"
         summary = {"physics": "projection", "cases": len(cases), "labels_dir": str(labels_dir.resolve()),
                    "scheme": scheme, "seed": seed, "head": head, "settings": _settings_record(settings),
                    "missing": missing, "roles": {"source": source, "target": "full", "label": "region labels"},
                    "seconds_this_run": round(elapsed, 1)}
-        atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
-        console.print(f"manifest {manifest}: {len(cases)} subject(s)", highlight=False)
+        with staged_outputs() as stage:  # the manifest and its description together
+            write_manifest(cases, stage.path(manifest), base=out_dir)
+            atomic_write_text(stage.path(out_dir / "dataset.json"), json.dumps(summary, indent=2) + "\n")
+        say(f"manifest {manifest}: {len(cases)} subject(s)")
     if failed:
         names = "; ".join(f"{k}: {v}" for k, v in failed.items())
         raise VoxdiffError(f"{len(failed)} of {len(mine)} subject(s) failed (the others are kept): {names}")
@@ -484,7 +538,7 @@ def _image_dataset(files: list[Path], *, labels_dir: Path, out_dir: Path, fwhm: 
                 paths = _write_case(result, params, out_dir, case, stage)
                 cases.append(Case(case, {"source": paths["low"], "target": paths["full"], "label": path}))
                 psnrs.append(params["psnr_low_vs_full_db"])
-                progress.update(task, advance=1, status=f"{case}: {psnrs[-1]:.1f} dB")
+                progress.update(task, advance=1, status=f"{escape(case)}: {psnrs[-1]:.1f} dB")
         elapsed = time.perf_counter() - start
         summary = {
             "cases": len(cases), "labels_dir": str(labels_dir.resolve()), "scheme": scheme, "fwhm_mm": fwhm,
@@ -497,8 +551,6 @@ def _image_dataset(files: list[Path], *, labels_dir: Path, out_dir: Path, fwhm: 
         atomic_write_text(stage.path(out_dir / "dataset.json"), json.dumps(summary, indent=2) + "\n")
         manifest = out_dir / "manifest.csv"
         write_manifest(cases, stage.path(manifest), base=out_dir)
-    console.print(
-        f"{len(cases)} subject(s) in {elapsed:.1f} s ({elapsed / len(cases):.2f} s each); low-dose PSNR "
+    say(f"{len(cases)} subject(s) in {elapsed:.1f} s ({elapsed / len(cases):.2f} s each); low-dose PSNR "
         f"{summary['psnr_low_vs_full_db']['mean']:.2f} ± {summary['psnr_low_vs_full_db']['std']:.2f} dB; "
-        f"manifest {manifest}", highlight=False,
-    )
+        f"manifest {manifest}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from voxdiff.cli.app import app, console
+from voxdiff.cli.app import app, say
 
 
 @app.command()
@@ -45,6 +45,14 @@ def train(
     from voxdiff.train.checkpoint import TrainingInterrupted
 
     cfg = load_config(config, overrides)
+    from voxdiff.io.guard import check_path_plan
+
+    # The files a run writes into its folder must not be the config or the manifest it reads
+    # (an earlier run there is Trainer's to refuse: --resume / --overwrite).
+    run_dir = Path(cfg["train"]["out_dir"])
+    check_path_plan({"CONFIG": config, "data.manifest": cfg["data"].get("manifest")},
+                    {"--out-dir": [run_dir / n for n in ("config.yaml", "train_log.csv", "val_log.csv", "curves.png",
+                                                         "last.pt")]})
     trainer = Trainer(cfg, resume=resume_from if resume_from else resume, overwrite=overwrite)
     try:
         summary = trainer.fit()
@@ -54,11 +62,11 @@ def train(
                  if trainer.saved_step is not None else "no checkpoint was written yet")
         if trainer.info.is_main:
             err_console.print(f"interrupted by {exc.signame} at step {trainer.step}; {saved}", highlight=False,
-                              soft_wrap=True)
+                              soft_wrap=True, markup=False)
         raise typer.Exit(128 + exc.signum) from None
     finally:
         shutdown(trainer.info)
     if trainer.info.is_main:
-        console.print(f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s -> {cfg['train']['out_dir']}")
+        say(f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s -> {cfg['train']['out_dir']}")
         for k, v in summary["val"].items():
-            console.print(f"  val {k}: {v:.4f}")
+            say(f"  val {k}: {v:.4f}")

@@ -49,10 +49,6 @@ def _expand(spec: Mapping[str, PathSpec] | None) -> list[tuple[str, Path, Path]]
     return out
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path != folder and folder in path.parents
-
-
 def check_path_plan(inputs: Mapping[str, PathSpec], outputs: Mapping[str, PathSpec], *,
                     input_folders: Mapping[str, PathSpec] | None = None, existing: str | None = None) -> None:
     """Refuse a plan whose outputs could replace an input or each other (see the module docstring).
@@ -64,26 +60,39 @@ def check_path_plan(inputs: Mapping[str, PathSpec], outputs: Mapping[str, PathSp
     naming it as the way to replace them; None leaves existing outputs to the caller.
     """
     ins, folders, outs = _expand(inputs), _expand(input_folders), _expand(outputs)
+    # Look-ups by resolved path (a folder of thousands of cases stays linear): each input, each
+    # folder above an input, and each case folder with the folders above it.
+    by_path: dict[Path, tuple[str, Path]] = {}
+    above: dict[Path, tuple[str, Path]] = {}
+    for opt, path, real in ins:
+        by_path.setdefault(real, (opt, path))
+        for parent in real.parents:
+            above.setdefault(parent, (opt, path))
+    case_dirs: dict[Path, tuple[str, Path]] = {}
+    for opt, path, real in folders:
+        case_dirs.setdefault(real, (opt, path))
+        for parent in real.parents:
+            above.setdefault(parent, (opt, path))
     seen: dict[Path, tuple[str, Path]] = {}
     for out_opt, out_path, out_real in outs:
-        for in_opt, in_path, in_real in ins:
-            same = "the same file" if out_path == in_path else f"the same file as {in_path}"
-            if out_real == in_real:
-                raise VoxdiffError(f"{out_path}: {out_opt} is {same} as {in_opt} and would replace it; "
-                                   "choose another output name")
-            if _inside(out_real, in_real):
+        if out_real in by_path:
+            in_opt, in_path = by_path[out_real]
+            given = "" if out_path == in_path else f" {in_path}"
+            raise VoxdiffError(f"{out_path}: {out_opt} is the same file as {in_opt}{given} and would replace it; "
+                               "choose another output name")
+        for parent in out_real.parents:
+            if parent in by_path:
+                in_opt, in_path = by_path[parent]
                 raise VoxdiffError(f"{out_path}: {out_opt} lies inside {in_opt} {in_path} and could replace "
                                    "part of it; write it elsewhere")
-            if _inside(in_real, out_real):
-                raise VoxdiffError(f"{out_path}: {out_opt} holds {in_opt} {in_path} and could replace it; "
-                                   "write it elsewhere")
-        for in_opt, in_path, in_real in folders:
-            if out_real == in_real or out_real.parent == in_real:
-                raise VoxdiffError(f"{out_path}: {out_opt} writes into {in_opt} {in_path}, whose files are read "
-                                   "as input cases; write it to another folder")
-            if _inside(in_real, out_real):
-                raise VoxdiffError(f"{out_path}: {out_opt} holds {in_opt} {in_path} and could replace it; "
-                                   "write it elsewhere")
+        if out_real in case_dirs or out_real.parent in case_dirs:
+            in_opt, in_path = case_dirs.get(out_real) or case_dirs[out_real.parent]
+            raise VoxdiffError(f"{out_path}: {out_opt} writes into {in_opt} {in_path}, whose files are read "
+                               "as input cases; write it to another folder")
+        if out_real in above:
+            in_opt, in_path = above[out_real]
+            raise VoxdiffError(f"{out_path}: {out_opt} holds {in_opt} {in_path} and could replace it; "
+                               "write it elsewhere")
         if out_real in seen:
             other_opt, other_path = seen[out_real]
             both = f"{other_opt} and {out_opt}" if other_opt != out_opt else f"{out_opt} twice"

@@ -64,6 +64,8 @@ DEFAULT_GAP_MM = 6.0
 DEFAULT_WIDTH_MM = 8.0
 DEFAULT_EDGE_MM = 4.0
 DEFAULT_MIN_BACKGROUND_VOXELS = 30
+#: Lesions fainter than this in the activity map (true ROI / background ratio) are not scored.
+DEFAULT_MIN_TRUE_CONTRAST = 1.5
 DEFAULT_HOTSPOT_THRESHOLD = 1.5
 DEFAULT_HOTSPOT_WINDOW_MM = 17.0
 
@@ -248,7 +250,7 @@ def _distance_mm(box: tuple[slice, ...], centre: Sequence[float], spacing: np.nd
 
 
 def _ratio_crc(lesion_mean: float, background_mean: float, contrast: float) -> float:
-    if not (background_mean > 0) or contrast == 1.0:
+    if not (background_mean > 0) or not math.isfinite(contrast) or contrast == 1.0:
         return math.nan
     return (lesion_mean / background_mean - 1.0) / (contrast - 1.0)
 
@@ -266,6 +268,8 @@ def lesion_crc(
     edge_mm: float = DEFAULT_EDGE_MM,
     min_background_voxels: int = DEFAULT_MIN_BACKGROUND_VOXELS,
     size_bins: Sequence[float] = DEFAULT_SIZE_BINS_MM,
+    activity: np.ndarray | None = None,
+    min_true_contrast: float = DEFAULT_MIN_TRUE_CONTRAST,
 ) -> list[dict[str, Any]]:
     """Contrast recovery and background variability of each lesion, in the prediction and the truth.
 
@@ -279,12 +283,17 @@ def lesion_crc(
     tissue), the lesion's tissue (``"tissue"``), brain tissue (``regions > 0``, ``"brain"``);
     else the whole shell (``"shell"``). The ``background`` field says which.
     ``CRC = (mean_roi / mean_bg - 1) / (contrast - 1)``, ``BV = std / mean`` of the background
-    voxels. Returns one dict per lesion with ``crc``, ``bv``, ``crc_truth``, ``bv_truth`` (NaN
-    without a truth), the ROI and background means and voxel counts.
+    voxels. With ``activity`` (the noise-free, unblurred activity map) the true contrast is
+    measured in it with the same ROI and background (NEMA's actual activity ratio), instead of
+    the table's ``contrast`` (relative to what the sphere replaced, often a tissue mix); a lesion
+    whose true contrast is below ``min_true_contrast`` gets NaN CRCs (too faint to score).
+    Returns one dict per lesion with ``crc``, ``bv``, ``crc_truth``, ``bv_truth`` (NaN without a
+    truth), ``true_contrast``, the ROI and background means and voxel counts.
     """
     pred = _float(pred, "prediction")
     sp = _spacing(spacing)
     truth = None if truth is None else _float(truth, "truth", pred.shape)
+    activity = None if activity is None else _float(activity, "activity", pred.shape)
     lesion_map = _ints(lesion_map, "lesion map", pred.shape)
     regions = _ints(regions, "region map", pred.shape)
     if not (gap_mm >= 0 and width_mm > 0 and edge_mm >= 0):
@@ -343,6 +352,14 @@ def lesion_crc(
             "contrast": les["contrast"], "region": les["region"], "roi": roi_source, "background": background,
             "n_roi_voxels": int(roi.sum()), "n_background_voxels": int(shell.sum()),
         }
+        contrast = float(les["contrast"])
+        if activity is not None:
+            act = activity[box]
+            act_bg = float(act[shell].mean()) if shell.any() else math.nan
+            contrast = float(act[roi].mean()) / act_bg if act_bg > 0 else math.nan
+            if not contrast >= min_true_contrast:
+                contrast = math.nan
+        row["true_contrast"] = contrast
         for name, image in (("", pred), ("_truth", truth)):
             if image is None:
                 row.update({f"roi_mean{name}": math.nan, f"background_mean{name}": math.nan,
@@ -353,7 +370,7 @@ def lesion_crc(
             bg = crop[shell]
             bg_mean = float(bg.mean()) if bg.size else math.nan
             row.update({f"roi_mean{name}": roi_mean, f"background_mean{name}": bg_mean,
-                        f"crc{name}": _ratio_crc(roi_mean, bg_mean, les["contrast"]),
+                        f"crc{name}": _ratio_crc(roi_mean, bg_mean, contrast),
                         f"bv{name}": background_variability(bg)})
         out.append(row)
     return out
@@ -529,6 +546,7 @@ def pet_metrics(
     hotspot_window_mm: float = DEFAULT_HOTSPOT_WINDOW_MM,
     gap_mm: float = DEFAULT_GAP_MM,
     width_mm: float = DEFAULT_WIDTH_MM,
+    activity: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The PET metric set of one case: ``{"metrics": {column: float}, "lesions": [...], "hotspots": [...]}``.
 
@@ -539,6 +557,8 @@ def pet_metrics(
     the columns of :func:`crc_summary`; ``hotspots`` and ``hotspot_peak`` (reference = truth,
     else target). ``mask`` (the brain, e.g. ``labels > 0``) applies to the image metrics and
     bounds the hot-spot search; ``data_range`` to the image metrics against both references.
+    ``activity`` (the simulation's noise-free activity map) gives each lesion's true contrast
+    (see :func:`lesion_crc`); without it the lesion table's ``contrast`` is used.
     """
     pred = _float(pred, "prediction")
     target = None if target is None else _float(target, "target", pred.shape)
@@ -562,7 +582,7 @@ def pet_metrics(
     per_lesion: list[dict[str, Any]] = []
     if lesions is not None:
         per_lesion = lesion_crc(pred, lesions, spacing, truth=truth, lesion_map=lesion_map, regions=regions,
-                                gap_mm=gap_mm, width_mm=width_mm, size_bins=size_bins)
+                                gap_mm=gap_mm, width_mm=width_mm, size_bins=size_bins, activity=activity)
         columns.update(crc_summary(per_lesion, size_bins))
     spots: list[dict[str, Any]] = []
     if reference is not None:
