@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -84,7 +86,7 @@ def stage(console, description: str, show: bool) -> Iterator[None]:
     else:
         yield
     if show:
-        console.print(f"[green]✓[/] {description} [dim]{time.perf_counter() - start:.1f} s[/]", highlight=False)
+        console.print(f"[green]✓[/] {escape(description)} [dim]{time.perf_counter() - start:.1f} s[/]", highlight=False)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ written to disk and denoised by ``pretrained:pet-denoise`` through
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import json
 import time
 from pathlib import Path
@@ -172,7 +174,7 @@ def run_pet_demo(out_dir: str | Path, *, steps: int | None = None, samples: int 
     res = res.info
     seconds["denoise"] = time.perf_counter() - t
     if show_progress:
-        console.print(f"[green]✓[/] denoised with {model} ({plural(res['steps'], 'step')} x {plural(samples, 'sample')}) "
+        console.print(f"[green]✓[/] denoised with {escape(str(model))} ({plural(res['steps'], 'step')} x {plural(samples, 'sample')}) "
                       f"[dim]{seconds['denoise']:.1f} s[/]", highlight=False)
     t = time.perf_counter()
     low, full = pet.low.array, pet.full.array
@@ -211,5 +213,5 @@ def run_pet_demo(out_dir: str | Path, *, steps: int | None = None, samples: int 
     }
     atomic_write_text(paths["metrics_json"], json.dumps(summary, indent=2) + "\n")
     if show_progress:
-        console.print(f"wrote {', '.join(DEMO_FILES)} to {out_dir} in {seconds['total']:.1f} s", highlight=False)
+        console.print(f"wrote {', '.join(DEMO_FILES)} to {escape(str(out_dir))} in {seconds['total']:.1f} s", highlight=False)
     return {**summary, "tables": [_metrics_table(metrics, labels)]}

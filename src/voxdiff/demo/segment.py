@@ -10,6 +10,8 @@ Both are scored with Dice against a reference made from nilearn's GM/WM probabil
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import json
 import time
 from pathlib import Path
@@ -132,7 +134,7 @@ def run_segment_demo(out_dir: str | Path, *, samples: int = 4, steps: int | None
     seconds["pdddpm"] = time.perf_counter() - t
     info = res.info
     if show_progress:
-        console.print(f"[green]✓[/] PD-DDPM with {model} (t' = {info['start_step']}, {plural(info['steps'], 'step')} "
+        console.print(f"[green]✓[/] PD-DDPM with {escape(str(model))} (t' = {info['start_step']}, {plural(info['steps'], 'step')} "
                       f"x {plural(samples, 'sample')}) [dim]{seconds['pdddpm']:.1f} s[/]", highlight=False)
 
     t = time.perf_counter()
@@ -180,7 +182,7 @@ def run_segment_demo(out_dir: str | Path, *, samples: int = 4, steps: int | None
     }
     atomic_write_text(paths["metrics_json"], json.dumps(summary, indent=2) + "\n")
     if show_progress:
-        console.print(f"wrote {', '.join(SEGMENT_FILES)} to {out_dir} in {seconds['total']:.1f} s", highlight=False)
+        console.print(f"wrote {', '.join(SEGMENT_FILES)} to {escape(str(out_dir))} in {seconds['total']:.1f} s", highlight=False)
     table = DemoTable("Dice against the MNI152 GM/WM-map reference (a population average: see docs/demo.md)",
                       [("segmentation", False), *((f"Dice {c}", True) for c in cols)])
     for key, s in scores.items():

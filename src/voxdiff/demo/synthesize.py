@@ -10,6 +10,8 @@ training's normalised units.
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import json
 import time
 from pathlib import Path
@@ -125,7 +127,7 @@ def run_synthesis_demo(out_dir: str | Path, *, samples: int = 4, steps: int | No
     seconds["sample"] = time.perf_counter() - t
     info = out.info
     if show_progress:
-        console.print(f"[green]✓[/] {plural(samples, 'sample')} from {model} ({info.get('sampler') or 'default sampler'}, "
+        console.print(f"[green]✓[/] {plural(samples, 'sample')} from {escape(str(model))} ({info.get('sampler') or 'default sampler'}, "
                       f"{plural(info['steps'], 'step')}) [dim]{seconds['sample']:.1f} s[/]", highlight=False)
 
     t = time.perf_counter()
@@ -179,7 +181,7 @@ def run_synthesis_demo(out_dir: str | Path, *, samples: int = 4, steps: int | No
     atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if show_progress:
         console.print(f"wrote {plural(samples, 'sample')} (sample_*.nii.gz), template.nii.gz, montage.png, metrics.csv "
-                      f"and metrics.json to {out_dir} in {seconds['total']:.1f} s", highlight=False)
+                      f"and metrics.json to {escape(str(out_dir))} in {seconds['total']:.1f} s", highlight=False)
     caption = ("pairwise RMSE between samples: " + _fmt(diversity) + "; the template is skull-stripped, so its "
                "'head' is the brain only")
     table = DemoTable("distribution checks (normalised units)", [
