@@ -130,3 +130,20 @@ def describe_run(info: dict, written: dict) -> str:
     paths = [str(p) for p in written.values()]
     return (f"wrote {paths[0]} ({desc}, {info['samples']} sample(s), {info['nfe']} network evaluations)"
             + (f" and {', '.join(paths[1:])}" if len(paths) > 1 else ""))
+
+
+#: Options every inference command shares (translate, segment, predict): one definition each.
+INFERENCE_OPTIONS = {
+    "units": lambda: typer.Option(None, "--units", help="Read the input in these units: suv (a DICOM PET series "
+                                  "in Bq/ml -> SUV body-weight; outputs go back to Bq/ml)."),
+    "series_uid": lambda: typer.Option(None, "--series-uid", help="The series to read from a DICOM folder holding several."),
+    "output_format": lambda: typer.Option("auto", "--output-format", help="auto (NIfTI etc. by extension; DICOM for a "
+                                          "folder named 'dicom') | nifti | dicom (a derived series; labels as DICOM SEG)."),
+    "device": lambda: typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: this rank's GPU)."),
+    "sw_roi": lambda: typer.Option(None, "--sw-roi", help="Force sliding-window inference with this patch side."),
+    "part_id": lambda: typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
+    "num_parts": lambda: typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
+    "skip_existing": lambda: typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist and read back "
+                                          "complete (resume a pre-empted job)."),
+    "overwrite": lambda: typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+}

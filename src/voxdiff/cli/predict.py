@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from voxdiff.cli.app import (OVERWRITE_HELP, app, checkpoint_file, command_part, console, describe_run,
+from voxdiff.cli.app import (INFERENCE_OPTIONS, app, checkpoint_file, command_part, console, describe_run,
                              progress_bar, say)
 from voxdiff.errors import VoxdiffError
 
@@ -57,15 +57,15 @@ def predict(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="Sampler (default: the model's): ddpm | ddim | dpmsolver++ | bridge."),
     start_step: Optional[int] = typer.Option(None, "--start-step", "-t", help="t' of models that start from a start volume."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Sampling mode of segmentation models: pd | vanilla."),
-    units: Optional[str] = typer.Option(None, "--units", help="Read the input in these units: suv (a DICOM PET series in Bq/ml -> SUV body-weight; outputs go back to Bq/ml)."),
-    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="The series to read from a DICOM folder holding several."),
-    output_format: str = typer.Option("auto", "--output-format", help="auto (NIfTI etc. by extension; DICOM for a folder named 'dicom') | nifti | dicom (a derived series; labels as DICOM SEG)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: this rank's GPU)."),
-    sw_roi: Optional[int] = typer.Option(None, "--sw-roi", help="Force sliding-window inference with this patch side."),
-    part_id: Optional[int] = typer.Option(None, "--part-id", help="Run only this share of a folder's cases (0-based)."),
-    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Number of shares (default: torchrun's WORLD_SIZE, else 1)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose outputs exist."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    units: Optional[str] = INFERENCE_OPTIONS["units"](),
+    series_uid: Optional[str] = INFERENCE_OPTIONS["series_uid"](),
+    output_format: str = INFERENCE_OPTIONS["output_format"](),
+    device: str = INFERENCE_OPTIONS["device"](),
+    sw_roi: Optional[int] = INFERENCE_OPTIONS["sw_roi"](),
+    part_id: Optional[int] = INFERENCE_OPTIONS["part_id"](),
+    num_parts: Optional[int] = INFERENCE_OPTIONS["num_parts"](),
+    skip_existing: bool = INFERENCE_OPTIONS["skip_existing"](),
+    overwrite: bool = INFERENCE_OPTIONS["overwrite"](),
     describe_only: bool = typer.Option(False, "--describe", help="Print what the model takes and gives, and exit."),
 ) -> None:
     """Run any trained model: the task stored in the checkpoint decides inputs, sampling and outputs.
