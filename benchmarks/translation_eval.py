@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> dict:
     from voxdiff.losses import seam_metric
     from voxdiff.metrics import image_metrics
     from voxdiff.models import inference_normalizers
-    from voxdiff.train.checkpoint import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)

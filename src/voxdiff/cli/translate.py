@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from voxdiff.cli.app import (INFERENCE_OPTIONS, app, checkpoint_file, command_part, console, describe_run,
+from voxdiff.cli.app import (INFERENCE_OPTIONS, app, checkpoint_file, command_part, describe_run,
                              progress_bar, say)
 
 #: Tasks this command serves: every model whose inference contract names ``translate``.

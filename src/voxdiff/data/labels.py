@@ -270,7 +270,7 @@ def make_label_dataset(labels_dir: str | Path, images_dir: str | Path, out_dir: 
                                    out_dir / "manifest.csv"]},
                     input_folders={"--labels-dir": labels_dir, "--images-dir": images_dir},
                     existing=None if overwrite else "--overwrite")
-    written: list[Case] = []
+    written: list = []  # Case rows of the completed cases
     failed: dict[str, str] = {}
     created = [p for p in (out_labels, *out_labels.parents) if not p.exists()]
     try:
