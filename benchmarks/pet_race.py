@@ -189,16 +189,22 @@ def bm4d_denoise(low: np.ndarray, fit: dict, mode: str) -> np.ndarray:
 
 # --- trained methods -------------------------------------------------------------------------------
 
-def run_folder_info(path: str) -> dict:
-    """Training steps, time and s/step from a checkpoint's run folder (``train_log.csv``, ``config.yaml``)."""
+def run_folder_info(path: str, step: int, out_dir: str | None = None) -> dict:
+    """Training steps, time and s/step up to ``step`` from a checkpoint's run folder (``train_log.csv``).
+
+    A checkpoint copied out of its run (e.g. an early ``step_*.pt`` kept for an equal-steps row) is
+    looked up in its config's ``train.out_dir``.
+    """
     p = Path(path)
     folder = p if p.is_dir() else p.parent
+    if not (folder / "train_log.csv").exists() and out_dir and (Path(out_dir) / "train_log.csv").exists():
+        folder = Path(out_dir)
     log = folder / "train_log.csv"
     info: dict = {"run_folder": str(folder)}
     if not log.exists():
         return info
     with open(log, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step") and r.get("sec_per_step")]
+        rows = [r for r in csv.DictReader(f) if r.get("step") and r.get("sec_per_step") and int(r["step"]) <= step]
     if not rows:
         return info
     steps = [int(r["step"]) for r in rows]
@@ -208,21 +214,18 @@ def run_folder_info(path: str) -> dict:
     info.update(log_steps=steps[-1], s_per_step_median=float(np.median(sec)), train_compute_s=compute)
     cfg = folder / "config.yaml"
     last = max((q for q in folder.glob("*.pt")), key=lambda q: q.stat().st_mtime, default=None)
-    if cfg.exists() and last is not None:
+    if cfg.exists() and last is not None and step >= steps[-1]:
         info["train_wall_s_files"] = last.stat().st_mtime - cfg.stat().st_mtime
     return info
 
 
-def memory_table(path: Path | None) -> dict[str, float]:
-    """Training-step peak MiB per method name from a ``voxdiff bench memory --json`` file."""
-    if path is None:
-        return {}
-    doc = json.loads(Path(path).read_text())
+def memory_table(paths: list[Path]) -> dict[str, float]:
+    """Training-step peak MiB per method name (a config's file stem) from ``voxdiff bench memory --json`` files."""
     out = {}
-    for row in doc.get("rows", doc.get("results", [])):
-        name, peak = row.get("method") or row.get("name"), row.get("peak_mib")
-        if name is not None and peak is not None:
-            out[str(name)] = float(peak)
+    for path in paths:
+        for row in json.loads(Path(path).read_text()).get("results", []):
+            if row.get("method") is not None and row.get("peak_mib") is not None:
+                out[str(row["method"])] = float(row["peak_mib"])
     return out
 
 
@@ -254,7 +257,7 @@ class TrainedMethod:
                      "steps_trained": int(self.pipe.checkpoint.get("step", 0)),
                      "precision": cfg["train"]["precision"], "batch_size": cfg["train"]["batch_size"],
                      "crop_size": crop, "downsample": self.downsample, "schedule": None,
-                     **run_folder_info(self.path)}
+                     **run_folder_info(self.path, int(self.pipe.checkpoint.get("step", 0)), cfg["train"].get("out_dir"))}
 
     def __call__(self, low: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """The prediction for one low-dose volume, in its units."""
@@ -572,7 +575,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bm4d-subjects", type=int, default=0, help="BM4D on the first N test subjects only (0 = all)")
     ap.add_argument("--max-test", type=int, default=0, help="score at most this many test subjects (0 = all)")
     ap.add_argument("--downsample", type=int, default=1, help="block-average every volume (2 = 4 mm, for 4 mm models)")
-    ap.add_argument("--memory-json", type=Path, default=None, help="voxdiff bench memory --json output")
+    ap.add_argument("--memory-json", type=Path, action="append", default=[],
+                    help="voxdiff bench memory --config CONFIG --json output (repeatable); matched to a checkpoint "
+                         "by its NAME or its run folder's name (= the config's file stem)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder keeping BM4D and checkpoint outputs per subject, reused by later runs")
     ap.add_argument("--machine", default=None, help="machine description for the report")

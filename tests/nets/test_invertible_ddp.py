@@ -53,6 +53,8 @@ def _worker(rank: int, port: int, out_path: str) -> None:
         _train(net, x[shard], t[shard], target[shard])
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in net.module.state_dict().items()}, out_path)
+        # No rank tears gloo down while another still uses it (a SIGABRT in the other rank).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
