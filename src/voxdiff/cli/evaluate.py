@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.table import Table
 
 from rich.markup import escape
 
 from voxdiff.cli.app import OVERWRITE_HELP, app, console, err_console, say
+from voxdiff.cli.tables import FitTable
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import SUPPORTED_SUFFIXES, Volume, atomic_write_text, check_same_geometry, check_writable_dir, load_volume
 from voxdiff.io.atomic import full_suffix
@@ -576,9 +576,10 @@ def _print_table(pairs: list[_Pair], results: list[dict[str, float]], stats: dic
                  seg: bool, labels: list[int], pet: bool = False) -> None:
     if seg:
         # One row per label: per-label columns would not fit for whole-brain parcellations.
-        table = Table(title=f"segmentation, {len(pairs)} case(s): mean ± std")
-        for col in ("label", "Dice", "HD95 (mm)"):
-            table.add_column(col)
+        table = FitTable(title=f"segmentation, {len(pairs)} case(s): mean ± std")
+        table.add_column("label")
+        table.add_column("Dice", numeric=True)
+        table.add_column("HD95 (mm)", numeric=True)
         for lab in labels:
             table.add_row(str(lab), _mean_std(stats[f"dice_{lab}"]), _mean_std(stats[f"hd95_{lab}"]))
         console.print(table)
@@ -586,10 +587,10 @@ def _print_table(pairs: list[_Pair], results: list[dict[str, float]], stats: dic
     from voxdiff.metrics import IMAGE_METRICS
 
     image_keys = [*IMAGE_METRICS, "data_range"]
-    table = Table(title=f"image metrics, {len(pairs)} case(s)")
+    table = FitTable(title=f"image metrics, {len(pairs)} case(s)")
     table.add_column("case")
     for k in image_keys:
-        table.add_column(k.upper() if k != "data_range" else "range")
+        table.add_column(k.upper() if k != "data_range" else "range", numeric=True)
     if len(pairs) <= _MAX_TABLE_ROWS:
         for pair, r in zip(pairs, results):
             table.add_row(escape(pair.case), *(_fmt(r[k]) for k in image_keys))
@@ -598,9 +599,9 @@ def _print_table(pairs: list[_Pair], results: list[dict[str, float]], stats: dic
     console.print(table)
     if pet:
         # One row per metric: the PET set is too wide for one row per case.
-        table = Table(title=f"PET metrics, {len(pairs)} case(s): mean ± std")
+        table = FitTable(title=f"PET metrics, {len(pairs)} case(s): mean ± std")
         table.add_column("metric")
-        table.add_column("value")
+        table.add_column("value", numeric=True)
         for k in keys:
             if k not in image_keys:
                 table.add_row(k, _mean_std(stats[k]))
