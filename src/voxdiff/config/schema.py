@@ -26,7 +26,8 @@ from voxdiff.config.runtime import SEED_LIMIT, check_device_syntax
 from voxdiff.errors import VoxdiffError
 
 __all__ = ["ConfigError", "validate_config", "register_model_schema", "model_schema", "config_difference",
-           "RESUME_MUTABLE", "Int", "Num", "Bool", "Str", "Device", "Seq", "Either", "Opt", "Map", "Section", "Kinds"]
+           "RESUME_MUTABLE", "Int", "Num", "Bool", "Str", "Device", "Seq", "Either", "Opt", "Map", "Section", "Kinds",
+           "diffusion_model", "CONDITIONAL_MODEL_KEYS", "BACKBONES", "PROCESS", "TRIPLE", "FRACTION"]
 
 
 class ConfigError(VoxdiffError):
@@ -382,32 +383,26 @@ BACKBONES = {
 }
 
 
-def _diffusion_model(default_process: str, **extra: Spec) -> Section:
+def diffusion_model(default_process: str, **extra: Spec) -> Section:
+    """The ``model`` section of a diffusion task: process and backbone by kind, puzzle factor, ``extra`` keys."""
     fields = {"process": Kinds(PROCESS, default=default_process), "backbone": Kinds(BACKBONES, default="unet"),
               "puzzle_factor": TRIPLE, **extra}
     return Section(fields, required=tuple(k for k in ("num_classes",) if k in extra))
 
 
-_CONDITIONAL = {
+#: Model keys of the conditional DDPM tasks (baselines, synthesis, PD-DDPM) beyond process/backbone/puzzle.
+CONDITIONAL_MODEL_KEYS: dict[str, Spec] = {
     "coords": Bool(), "cond_channels_per_role": Int(1),
     # PD-DDPM: a share focus_fraction of training timesteps drawn from 0..focus_max.
     "train_timesteps": Opt(Section({"focus_max": Int(0), "focus_fraction": FRACTION}, required=("focus_max",))),
 }
-_MODELS: dict[str, Spec] = {
-    "translation": _diffusion_model("bridge", gradient_loss_weight=Num(0.0), channels=Int(1)),
-    "translation_ddpm": _diffusion_model("ddpm", **_CONDITIONAL),
-    "synthesis": _diffusion_model("ddpm", **_CONDITIONAL),
-    "segmentation": _diffusion_model("ddpm", num_classes=Int(2), **_CONDITIONAL),
-    "regression": Section({"backbone": Kinds(BACKBONES, default="unet"), "puzzle_factor": TRIPLE,
-                           "loss": Str(("l1", "l2")), "residual": Bool(), "gradient_loss_weight": Num(0.0),
-                           "channels": Int(1)}),
-    "preseg": Section({"num_classes": Int(2), "channels": Seq(Int(1), min_len=2), "num_res_units": Int(0)},
-                      required=("num_classes",)),
-}
+#: Task name -> its ``model`` section schema; each task declares its own (``Task.model_schema``) and
+#: :mod:`voxdiff.tasks` registers them all when it is imported.
+_MODELS: dict[str, Spec] = {}
 
 
 def register_model_schema(task: str, spec: Spec) -> None:
-    """The ``model`` section schema of a task added with :func:`voxdiff.tasks.register_task`."""
+    """Make ``spec`` the ``model`` section schema of ``task`` (called by :mod:`voxdiff.tasks` for every task)."""
     _MODELS[task] = spec
 
 

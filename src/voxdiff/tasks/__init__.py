@@ -40,4 +40,14 @@ def build_task(name: str, model_cfg: dict) -> Task:
     return task_class(name)(model_cfg)
 
 
+def _register_schemas() -> None:
+    # Every config and checkpoint is validated against its task's own model schema.
+    from voxdiff.config.schema import register_model_schema
+
+    for name in _TASK_MODULES:
+        register_model_schema(name, task_class(name).model_schema)
+
+
+_register_schemas()
+
 __all__ = ["Task", "build_task", "task_class", "task_names", "tasks_for_entry_point"]

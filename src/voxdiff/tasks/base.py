@@ -135,6 +135,9 @@ class Task(nn.Module):
     primary_output: ClassVar[str] = "output"
     start_role: ClassVar[str | None] = None
     start_task: ClassVar[str | None] = None
+    #: The ``model`` config section's schema (:mod:`voxdiff.config.schema`): configs and checkpoints
+    #: of this task are validated against it.
+    model_schema: ClassVar[Any] = None
 
     def __init__(self, model_cfg: dict) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from voxdiff.config.schema import CONDITIONAL_MODEL_KEYS, Int, Section, Seq, diffusion_model
 from voxdiff.diffusion.base import sample_loop
 from voxdiff.diffusion.factory import build_process
 from voxdiff.nets.factory import build_network
@@ -53,6 +54,7 @@ class ConditionalDiffusionTask(Task):
     """
 
     cond_roles: tuple[str, ...] = ()
+    model_schema = diffusion_model("ddpm", **CONDITIONAL_MODEL_KEYS)
     defaults: dict[str, Any] = {
         "process": {"kind": "ddpm", "num_train_timesteps": 1000, "prediction_type": "epsilon"},
         "backbone": {"kind": "unet", "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1},
@@ -189,6 +191,7 @@ class SegmentationTask(ConditionalDiffusionTask):
     label_roles = ("label",)
     cond_roles = ("image",)
     entry_point = "segment"
+    model_schema = diffusion_model("ddpm", num_classes=Int(2), **CONDITIONAL_MODEL_KEYS)
     outputs = {
         "labels": OutputSpec("labels", "argmax of the mean class probabilities"),
         "probs": OutputSpec("probabilities", "mean class probabilities over the samples"),
@@ -286,6 +289,8 @@ class PreSegmentationTask(Task):
     output_role = "label"
     label_roles = ("label",)
     entry_point = "segment"
+    model_schema = Section({"num_classes": Int(2), "channels": Seq(Int(1), min_len=2), "num_res_units": Int(0)},
+                           required=("num_classes",))
     outputs = {
         "labels": OutputSpec("labels", "argmax of the softmax probabilities"),
         "probs": OutputSpec("probabilities", "softmax class probabilities"),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from voxdiff.config import deep_merge
+from voxdiff.config.schema import BACKBONES, TRIPLE, Bool, Int, Kinds, Num, Section, Str
 from voxdiff.errors import VoxdiffError
 from voxdiff.losses import gradient_difference_loss
 from voxdiff.nets.factory import build_network
@@ -39,6 +40,9 @@ class RegressionTask(Task):
     input_roles = ("source",)
     output_role = "target"
     outputs = {"output": OutputSpec("intensity", "the prediction in the target's units")}
+    model_schema = Section({"backbone": Kinds(BACKBONES, default="unet"), "puzzle_factor": TRIPLE,
+                            "loss": Str(LOSSES), "residual": Bool(), "gradient_loss_weight": Num(0.0),
+                            "channels": Int(1)})
 
     def __init__(self, model_cfg: dict) -> None:
         cfg = deep_merge(DEFAULT_MODEL, model_cfg)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from voxdiff.config.schema import Int, Num, diffusion_model
 from voxdiff.diffusion.base import sample_loop
 from voxdiff.diffusion.factory import build_process
 from voxdiff.losses import gradient_difference_loss
@@ -38,6 +39,7 @@ class TranslationTask(Task):
     roles = ("source", "target")
     input_roles = ("source",)
     output_role = "target"
+    model_schema = diffusion_model("bridge", gradient_loss_weight=Num(0.0), channels=Int(1))
 
     def __init__(self, model_cfg: dict) -> None:
         from voxdiff.config import deep_merge

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+import voxdiff.tasks  # noqa: F401  (registers every task's model schema before any validation)
 from voxdiff.config import validate_config
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import atomic_path

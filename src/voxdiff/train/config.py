@@ -12,6 +12,7 @@ from typing import Any
 # Re-exported: these moved to voxdiff.config, the bottom layer every package may import.
 from voxdiff.config import (apply_overrides, deep_merge, dump_config, load_yaml, parse_override,  # noqa: F401
                             validate_config as _validate)
+import voxdiff.tasks  # noqa: E402,F401  (registers every task's model schema before any validation)
 
 DEFAULTS: dict[str, Any] = {
     "task": "translation",
