@@ -170,13 +170,16 @@ def fit_baselines(subjects: list, doses: list[str], grid: list[float], bm4d_mode
     return out
 
 
-def bm4d_denoise(low: np.ndarray, fit: dict, mode: str) -> np.ndarray:
-    """BM4D of ``low`` with the training split's relative noise model scaled to this image's mean."""
+def bm4d_denoise(low: np.ndarray, fit: dict, mode: str, power: float = 1.0) -> np.ndarray:
+    """BM4D of ``low`` with the training split's relative noise model scaled to this image's mean.
+
+    ``power`` multiplies the noise power (``--bm4d-scale``; 1 = as measured on the training split).
+    """
     import bm4d
 
     if not hasattr(np, "trapz"):  # bm4d 4.2.5 calls np.trapz, which numpy 2 renamed
         np.trapz = np.trapezoid
-    scale = float(low.mean())
+    scale = float(low.mean()) * math.sqrt(power)
     if mode == "white":
         sigma = fit["bm4d_sigma_rel"] * scale
     else:
@@ -483,7 +486,8 @@ def run(args: argparse.Namespace) -> dict:
     roles = ("truth", "full", *low_roles, "activity", "lesions")
     methods_info = {"identity": {"kind": "low-dose input"}, "full": {"kind": "full-dose image (reference)"},
                     "gaussian": {"kind": "Gaussian post-filter, FWHM fitted per dose on the training split"},
-                    "bm4d": {"kind": f"BM4D, {args.bm4d_noise} noise model fitted on the training split",
+                    "bm4d": {"kind": f"BM4D, {args.bm4d_noise} noise model fitted on the training split, "
+                                     f"noise power x {args.bm4d_scale:g}",
                              "subjects": bm4d_cases}}
     for m in models:
         methods_info[m.name] = m.info
@@ -503,9 +507,10 @@ def run(args: argparse.Namespace) -> dict:
                 elif name == "gaussian":
                     preds[name] = psr.gaussian(low, fit[d]["fwhm_mm"], s.spacing)
                 elif case in bm4d_cases:
-                    key = f"bm4d-{args.bm4d_noise}-fit{len(fit_cases)}-ds{args.downsample}"
+                    key = f"bm4d-{args.bm4d_noise}-fit{len(fit_cases)}-ds{args.downsample}" + (
+                        f"-x{args.bm4d_scale:g}" if args.bm4d_scale != 1 else "")
                     preds[name], secs[name] = cached(args.cache, key, case, d,
-                                                     lambda: bm4d_denoise(low, fit[d], args.bm4d_noise))
+                                                     lambda: bm4d_denoise(low, fit[d], args.bm4d_noise, args.bm4d_scale))
                     continue
                 else:
                     continue
@@ -572,6 +577,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-subjects", type=int, default=8)
     ap.add_argument("--fwhm-grid", default="0,2,3,4,5,6,7,8,10,12")
     ap.add_argument("--bm4d-noise", choices=("psd", "white"), default="psd")
+    ap.add_argument("--bm4d-scale", type=float, default=1.0,
+                    help="multiplier of BM4D's noise power (1 = as measured on the training split)")
     ap.add_argument("--bm4d-subjects", type=int, default=0, help="BM4D on the first N test subjects only (0 = all)")
     ap.add_argument("--max-test", type=int, default=0, help="score at most this many test subjects (0 = all)")
     ap.add_argument("--downsample", type=int, default=1, help="block-average every volume (2 = 4 mm, for 4 mm models)")

@@ -115,8 +115,9 @@ def test_tissue_dice_per_class_and_mean():
 
 def test_segment_demo_refuses_missing_models_and_bad_options(tiny_models, tmp_path, capsys):
     cases = [
-        (["--task", "segment"], "pretrained:tissue-preseg"),
-        (["--task", "segment", "--preseg-model", tiny_models["preseg"]], "pretrained:tissue-pdddpm"),
+        (["--task", "segment", "--preseg-model", "pretrained:no-such-preseg"], "pretrained:no-such-preseg"),
+        (["--task", "segment", "--model", "pretrained:no-such-pdddpm", "--preseg-model", tiny_models["preseg"]],
+         "pretrained:no-such-pdddpm"),
         (["--task", "segment", "--samples", 0], "--samples"),
         (["--task", "segment", "--steps", 0], "--steps"),
         (["--task", "segment", "--sampler", "ddim"], "--sampler"),
