@@ -377,16 +377,19 @@ def markdown(report: dict) -> str:
                   f"{psr.MIN_TRUE_RATIO:g} left out), mean ± sd over lesions (n per bin: "
                   + ", ".join(f"{b} {t[b]['crc_act']['n']}" for b in bins) + f"); the truth's own CRC: "
                   + ", ".join(f"{b} {_f(t[b]['crc_truth_act'])}" for b in bins)
-                  + ". BV: std/mean of the background shell. Hot spots: per lesion-free subject "
-                    "(contrast >= 1.5 vs local same-tissue background, absent from the truth).", "",
+                  + ". BV: std/mean of the background shell. Hot spots: 26-connected clusters of contrast >= 1.5 vs "
+                    "the local same-tissue background that the truth lacks, per lesion-free test subject "
+                    f"({s['hotspots'][names[0]]['subjects']} of them; in very noisy images the clusters merge, so read "
+                    "the count with the largest cluster).", "",
                   "| method | " + " | ".join(f"CRC {b}" for b in bins) + " | " + " | ".join(f"BV {b}" for b in bins)
-                  + " | hot spots | s / volume | train steps | train time (min) | s / step | train-step MiB |",
-                  "|---|" + "---:|" * (2 * len(bins) + 6)]
+                  + " | hot spots / subject | largest spot (voxels) | s / volume | train steps | train time (min) | s / step "
+                    "| train-step MiB |",
+                  "|---|" + "---:|" * (2 * len(bins) + 7)]
         for n in names:
             c, h, i = s["crc"][n], s["hotspots"][n], meth[n]
             tt = i.get("train_compute_s")
             lines.append(f"| {label[n]} | " + " | ".join(_f(c[b]["crc_act"]) for b in bins) + " | "
-                         + " | ".join(_f(c[b]["bv"], 3) for b in bins) + f" | {_f(h['count'], 1)} (n={h['subjects']}) | "
+                         + " | ".join(_f(c[b]["bv"], 3) for b in bins) + f" | {_f(h['count'], 1)} | {h['largest_cluster_voxels']} | "
                          f"{_f(block['seconds'][n], 1)} | {i.get('steps_trained', '–')} | "
                          f"{_num(tt, 60, '.0f')} | {_num(i.get('s_per_step_median'), 1, '.2f')} | "
                          f"{_num(i.get('memory_mib'), 1, '.0f')} |")
