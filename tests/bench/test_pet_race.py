@@ -122,6 +122,10 @@ def test_race_scores_baselines_and_a_checkpoint_on_the_test_split(race, tmp_path
     assert img["gaussian"]["psnr_truth"]["mean"] > img["identity"]["psnr_truth"]["mean"]
     assert img["full"]["psnr_truth"]["mean"] > img["identity"]["psnr_truth"]["mean"] and "psnr_full" not in img["full"]
     assert img["unet"]["psnr_truth"]["n"] == 2
+    # Paired differences against the Gaussian row, subject by subject.
+    assert five["paired_vs"] == "gaussian" and five["paired"]["gaussian"]["psnr"]["mean"] == 0.0
+    delta = [r["images"]["unet"]["psnr_truth"] - r["images"]["gaussian"]["psnr_truth"] for r in five["subjects"]]
+    assert five["paired"]["unet"]["psnr"]["mean"] == pytest.approx(np.mean(delta))
     assert five["summary"]["hotspots"]["identity"]["subjects"] == sum(r["lesion_free"] for r in five["subjects"])
     assert five["summary"]["crc"]["full"]["8mm"]["crc_act"]["n"] == sum(r["n_lesions"] for r in five["subjects"])
     md = out.with_suffix(".md").read_text()
