@@ -12,7 +12,7 @@ from tests.helpers import assert_user_error, run_main
 @pytest.mark.parametrize("options,words", [
     (["--out-dir", "{tmp}/notes.txt"], ["notes.txt", "not a folder"]),
     (["--out-dir", "{tmp}/notes.txt/demo"], ["notes.txt", "could not create"]),
-    (["--task", "segment"], ["segment"]),
+    (["--task", "synthesize"], ["synthesize"]),  # segment ships; synthesis does not yet
     (["--task", "bogus"], ["bogus"]),
     (["--steps", "0"], ["--steps"]),
     (["--samples", "0"], ["--samples"]),
