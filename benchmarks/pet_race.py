@@ -20,7 +20,8 @@ a ``<case>_pet.json``):
      the brain, in BM4D's convention ``N sigma^2`` for white noise), each subject's divided by its
      low-dose image's squared volume mean and averaged; on a test subject it is multiplied back by
      that subject's squared low-dose volume mean (no label or truth of a test subject is used).
-     ``--bm4d-noise white`` uses the white PSD of the same relative noise std instead.
+     ``--bm4d-noise white`` uses the white PSD of the same relative noise std instead; ``--bm4d-scale``
+     multiplies the noise power (choose it on training subjects; BENCHMARKS.md section 10 used 2).
 3. **Methods** (``--methods``): ``identity`` (the low-dose input), ``full`` (the full-dose image,
    a reference row: what a user has), ``gaussian``, ``bm4d`` and any number of checkpoints
    ``NAME=PATH[:key=value,...]`` (keys: ``steps``, ``samples``, ``sampler``, ``eta``, ``seed``,
@@ -35,7 +36,7 @@ a ``<case>_pet.json``):
    memory (``--memory-json`` from ``voxdiff bench memory --config ... --json``).
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/pet_race.py --data /work/data/pet-proj --doses 5 \\
-        --methods identity,full,gaussian,bm4d --bm4d-subjects 4 \\
+        --methods identity,full,gaussian,bm4d --bm4d-subjects 4 --bm4d-scale 2 --gaussian-curve 2,4,6,8,10 \\
         --model 'unet=/work/runs/pet_proj_regression/last.pt' \\
         --model 'ppdm2=/work/runs/pet_proj_ppdm_r2/last.pt' --model 'ppdm2x4=/work/runs/pet_proj_ppdm_r2/last.pt:samples=4' \\
         --out benchmarks/results/pet_race_5.json --figure benchmarks/figures/pet_race_crc_bv.png
@@ -58,8 +59,10 @@ from pathlib import Path
 
 import numpy as np
 
+# The split, the Subject loader, the Gaussian filter and the summaries of the simulation report:
+# one rule for both benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pet_simulation_report as psr  # noqa: E402  (split, Subject, Gaussian filter, summaries: one rule for both)
+import pet_simulation_report as psr
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN = ("identity", "full", "gaussian", "bm4d")
@@ -97,7 +100,7 @@ def race_split(data: Path, labels_dir: Path, config: Path) -> dict:
     return {"split": split, "opts": opts, "ids_from": source, "n_ids": len(ids)}
 
 
-def downsample_subject(s: "psr.Subject", factor: int) -> "psr.Subject":
+def downsample_subject(s: psr.Subject, factor: int) -> psr.Subject:
     """Block-average every image of ``s`` by ``factor`` (labels and lesion map: each block's first voxel).
 
     The same rule as the trainer's ``data.downsample`` (:func:`voxdiff.ops.resample.downsample_volume`),
@@ -126,7 +129,7 @@ def downsample_subject(s: "psr.Subject", factor: int) -> "psr.Subject":
     return s
 
 
-def load_subject(data: Path, labels_dir: Path, case: str, roles: tuple[str, ...], factor: int) -> "psr.Subject":
+def load_subject(data: Path, labels_dir: Path, case: str, roles: tuple[str, ...], factor: int) -> psr.Subject:
     """One subject's volumes (float64), block-averaged by ``factor``."""
     return downsample_subject(psr.Subject(data, labels_dir, case, roles), factor)
 
@@ -294,7 +297,7 @@ def cached(folder: Path | None, key: str, case: str, dose: str, compute) -> tupl
 
 # --- scoring ----------------------------------------------------------------------------------------
 
-def score_images(s: "psr.Subject", preds: dict[str, np.ndarray]) -> dict:
+def score_images(s: psr.Subject, preds: dict[str, np.ndarray]) -> dict:
     """Every metric of one subject for each named image: a row of ``pet_simulation_report.summarise``.
 
     The same metrics, masks and activity-referenced CRC as ``pet_simulation_report.score_subject``,
@@ -329,6 +332,38 @@ def score_images(s: "psr.Subject", preds: dict[str, np.ndarray]) -> dict:
     return row
 
 
+def gaussian_curve(s: psr.Subject, low: np.ndarray, fwhms: list[float]) -> dict:
+    """Per FWHM, each lesion's activity-referenced CRC and BV of the Gaussian-filtered ``low`` (the filter's CRC-BV curve)."""
+    from voxdiff.metrics import lesion_crc
+
+    lesions = s.table["lesions"]
+    if not lesions:
+        return {}
+    true_ratio = [r["roi_mean"] / r["background_mean"] for r in
+                  lesion_crc(s.images["activity"], lesions, s.spacing, lesion_map=s.lesion_map, regions=s.regions)]
+    eff = [{**les, "contrast": ratio} for les, ratio in zip(lesions, true_ratio)]
+    out = {}
+    for fwhm in fwhms:
+        rows = lesion_crc(psr.gaussian(low, fwhm, s.spacing), eff, s.spacing, lesion_map=s.lesion_map, regions=s.regions)
+        out[f"{fwhm:g}"] = [{"diameter_mm": les["diameter_mm"], "true_ratio": ratio, "crc_act": r["crc"], "bv": r["bv"]}
+                            for les, ratio, r in zip(lesions, true_ratio, rows)]
+    return out
+
+
+def summarise_curve(rows: list[dict], fwhms: list[float]) -> dict:
+    """Mean CRC (lesions with a true ratio >= MIN_TRUE_RATIO) and BV per size bin, per FWHM of the curve."""
+    from voxdiff.metrics.pet import DEFAULT_SIZE_BINS_MM, size_bin
+
+    out = {}
+    for fwhm in fwhms:
+        per = [les for r in rows for les in r.get("gaussian_curve", {}).get(f"{fwhm:g}", [])]
+        out[f"{fwhm:g}"] = {f"{b:g}mm": {"crc_act": psr._ms([x["crc_act"] for x in per if size_bin(x["diameter_mm"]) == b
+                                                             and x["true_ratio"] >= psr.MIN_TRUE_RATIO]),
+                                         "bv": psr._ms([x["bv"] for x in per if size_bin(x["diameter_mm"]) == b])}
+                            for b in DEFAULT_SIZE_BINS_MM}
+    return out
+
+
 def _f(x: dict | None, digits: int = 2) -> str:
     return "–" if not x or not x.get("n") else f"{x['mean']:.{digits}f} ± {x['sd']:.{digits}f}"
 
@@ -348,9 +383,9 @@ def _best(values: dict[str, float], larger: bool) -> set[str]:
 def markdown(report: dict) -> str:
     """Two tables per dose (image quality and bias; lesions, hot spots and cost) plus the BM4D-subset table."""
     lines = [f"Command: `{report['command']}`", "",
-             f"Machine: {report['machine']}. Date: {report['date']}. Data: `{report['data']}` "
-             f"({report['n_ids']} subjects; split {report['split']}: {len(report['test'])} test subjects scored, "
-             f"fitting on {len(report['fit_cases'])} training subjects). Resolution: {report['resolution_mm']} mm.", ""]
+             (f"Machine: {report['machine']}. Date: {report['date']}. Data: `{report['data']}` "
+              f"({report['n_ids']} subjects; split {report['split']}: {len(report['test'])} test subjects scored, "
+              f"fitting on {len(report['fit_cases'])} training subjects). Resolution: {report['resolution_mm']} mm."), ""]
     for d, block in report["doses"].items():
         s, names, meth = block["summary"], block["names"], report["methods"]
         label = {n: block["labels"][n] for n in names}
@@ -381,7 +416,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"### {d} % dose: lesions, invented hot spots, cost", "",
                   "CRC: activity-referenced (as benchmarks/pet_simulation_report.py; lesions with a true ratio below "
                   f"{psr.MIN_TRUE_RATIO:g} left out), mean ± sd over lesions (n per bin: "
-                  + ", ".join(f"{b} {t[b]['crc_act']['n']}" for b in bins) + f"); the truth's own CRC: "
+                  + ", ".join(f"{b} {t[b]['crc_act']['n']}" for b in bins) + "); the truth's own CRC: "
                   + ", ".join(f"{b} {_f(t[b]['crc_truth_act'])}" for b in bins)
                   + ". BV: std/mean of the background shell. Hot spots: 26-connected clusters of contrast >= 1.5 vs "
                     "the local same-tissue background that the truth lacks, per lesion-free test subject "
@@ -395,7 +430,7 @@ def markdown(report: dict) -> str:
             c, h, i = s["crc"][n], s["hotspots"][n], meth[n]
             tt = i.get("train_compute_s")
             lines.append(f"| {label[n]} | " + " | ".join(_f(c[b]["crc_act"]) for b in bins) + " | "
-                         + " | ".join(_f(c[b]["bv"], 3) for b in bins) + f" | {_f(h['count'], 1)} | {h['largest_cluster_voxels']} | "
+                         + " | ".join(_f(c[b]["bv"], 3) for b in bins) + f" | {_f(h['count'], 1)} | {_num(h['largest_cluster_voxels'], 1, '.0f')} | "
                          f"{_f(block['seconds'][n], 1)} | {i.get('steps_trained', '–')} | "
                          f"{_num(tt, 60, '.0f')} | {_num(i.get('s_per_step_median'), 1, '.2f')} | "
                          f"{_num(i.get('memory_mib'), 1, '.0f')} |")
@@ -432,6 +467,14 @@ def crc_bv_plot(report: dict, path: Path) -> None:
                 ax.errorbar(c["bv"]["mean"], c["crc_act"]["mean"], yerr=c["crc_act"]["sd"] / math.sqrt(c["crc_act"]["n"]),
                             fmt=markers[k % len(markers)], color=f"C{i % 10}", capsize=2,
                             label=f"{block['labels'][n]}" + (f" ({d} %)" if len(report["doses"]) > 1 else ""))
+            gc = block.get("gaussian_curve") or {}
+            if gc:
+                pts = [(v[b]["bv"]["mean"], v[b]["crc_act"]["mean"], f) for f, v in gc.items() if v[b]["crc_act"]["n"]]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="0.5", lw=1, zorder=0,
+                            label="Gaussian FWHM sweep" + (f" ({d} %)" if len(report["doses"]) > 1 else ""))
+                    for x, y, f in pts:
+                        ax.annotate(f"{f}", (x, y), fontsize=6, color="0.4", xytext=(2, 2), textcoords="offset points")
         ax.set_title(f"{b} lesions")
         ax.set_xlabel("background variability (std / mean)")
         ax.set_ylabel("CRC (activity-referenced)")
@@ -501,6 +544,7 @@ def run(args: argparse.Namespace) -> dict:
     for m in models:
         methods_info[m.name] = m.info
         m.info["memory_mib"] = mem.get(m.name, mem.get(Path(str(m.info.get("run_folder", ""))).name))
+    curve = sorted({float(v) for v in args.gaussian_curve.split(",") if v.strip()})
     blocks = {d: {"rows": [], "seconds": {}} for d in doses}
     for n, case in enumerate(test):
         s = load_subject(args.data, args.labels_dir, case, roles, args.downsample)
@@ -519,15 +563,18 @@ def run(args: argparse.Namespace) -> dict:
                     key = f"bm4d-{args.bm4d_noise}-fit{len(fit_cases)}-ds{args.downsample}" + (
                         f"-x{args.bm4d_scale:g}" if args.bm4d_scale != 1 else "")
                     preds[name], secs[name] = cached(args.cache, key, case, d,
-                                                     lambda: bm4d_denoise(low, fit[d], args.bm4d_noise, args.bm4d_scale))
+                                                     lambda low=low, f=fit[d]: bm4d_denoise(low, f, args.bm4d_noise, args.bm4d_scale))
                     continue
                 else:
                     continue
                 secs[name] = time.perf_counter() - t0
             for m in models:
                 if m.dose == d:
-                    preds[m.name], secs[m.name] = cached(args.cache, m.cache_key, case, d, lambda: m(low, s.affine))
+                    preds[m.name], secs[m.name] = cached(args.cache, m.cache_key, case, d,
+                                                                 lambda m=m, low=low, aff=s.affine: m(low, aff))
             row = score_images(s, preds)
+            if curve:
+                row["gaussian_curve"] = gaussian_curve(s, low, curve)
             blocks[d]["rows"].append(row)
             for k, v in secs.items():
                 blocks[d]["seconds"].setdefault(k, []).append(v)
@@ -544,8 +591,8 @@ def run(args: argparse.Namespace) -> dict:
             if not have:
                 continue
             part = psr.summarise(have, [n])
-            for k in summary:
-                summary[k][n] = part[k][n]
+            for k, table in summary.items():
+                table[n] = part[k][n]
         names = [n for n in names if n in summary["images"]]
         labels = {n: (f"gaussian {fit[d]['fwhm_mm']:g} mm" if n == "gaussian" else n) for n in names}
         block = {"names": names, "labels": labels, "summary": summary,
@@ -557,6 +604,8 @@ def run(args: argparse.Namespace) -> dict:
         block["paired"] = {n: {k: psr._ms([r["images"][n][f"{k}_truth"] - r["images"][ref][f"{k}_truth"]
                                            for r in rows if n in r["images"]]) for k in ("psnr", "ssim")}
                            for n in names if ref is not None}
+        if curve:
+            block["gaussian_curve"] = summarise_curve(rows, curve)
         if "bm4d" in names and len(bm4d_cases) < len(test):
             sub = [r for r in rows if r["case"] in bm4d_cases]
             block["subset"] = {"cases": bm4d_cases, "summary": psr.summarise(sub, names)}
@@ -592,6 +641,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", action="append", default=[], help="NAME=PATH[:key=value,...], repeatable")
     ap.add_argument("--fit-subjects", type=int, default=8)
     ap.add_argument("--fwhm-grid", default="0,2,3,4,5,6,7,8,10,12")
+    ap.add_argument("--gaussian-curve", default="",
+                    help="FWHMs (mm) of a Gaussian CRC-vs-BV sweep drawn in the figure (evaluation only; the "
+                         "gaussian row keeps its training-fitted FWHM), e.g. 2,4,6,8,10")
     ap.add_argument("--bm4d-noise", choices=("psd", "white"), default="psd")
     ap.add_argument("--bm4d-scale", type=float, default=1.0,
                     help="multiplier of BM4D's noise power (1 = as measured on the training split)")

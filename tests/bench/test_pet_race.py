@@ -35,7 +35,7 @@ def _regions_are_labels(monkeypatch):
 
 
 def _dataset(root: Path, n: int = 8) -> tuple[Path, Path, Path]:
-    """``n`` subjects: a GM shell around WM, one 8 mm WM lesion in every second subject, noisy doses."""
+    """``n`` subjects: a GM shell around WM, one 8 mm WM lesion in two subjects of three, noisy doses."""
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def _dataset(root: Path, n: int = 8) -> tuple[Path, Path, Path]:
         act = np.array([0.1, 8.0, 2.0])[lab] * rng.uniform(0.9, 1.1)
         les = np.zeros(SHAPE, np.int16)
         lesions = []
-        if i % 2:
+        if i % 3 != 1:  # lesion-free: s1, s4, s7 (the test split is s2 and s4: one of each)
             centre = [float(c) for c in (np.array(SHAPE) - 1) / 2]
             les[r < 2.0] = 1
             act[les > 0] *= 4.0
@@ -104,7 +104,7 @@ def test_race_scores_baselines_and_a_checkpoint_on_the_test_split(race, tmp_path
     args = _args(race, data, labels_dir, config, out, "--doses", "5,1", "--methods", "identity,full,gaussian",
                  "--model", f"unet={tmp_path / 'run' / 'last.pt'}",
                  "--model", f"unet-sw={tmp_path / 'run' / 'last.pt'}:sw_roi=crop",
-                 "--figure", str(fig), "--cache", str(cache))
+                 "--figure", str(fig), "--cache", str(cache), "--gaussian-curve", "2,6")
     report = race.run(args)
     split = race.psr.make_split([f"s{i}" for i in range(8)], config)[0]
     assert report["test"] == split["test"] and len(report["test"]) == 2
@@ -127,7 +127,11 @@ def test_race_scores_baselines_and_a_checkpoint_on_the_test_split(race, tmp_path
     delta = [r["images"]["unet"]["psnr_truth"] - r["images"]["gaussian"]["psnr_truth"] for r in five["subjects"]]
     assert five["paired"]["unet"]["psnr"]["mean"] == pytest.approx(np.mean(delta))
     assert five["summary"]["hotspots"]["identity"]["subjects"] == sum(r["lesion_free"] for r in five["subjects"])
-    assert five["summary"]["crc"]["full"]["8mm"]["crc_act"]["n"] == sum(r["n_lesions"] for r in five["subjects"])
+    assert five["summary"]["crc"]["full"]["8mm"]["crc"]["n"] == sum(r["n_lesions"] for r in five["subjects"]) == 1
+    assert five["summary"]["hotspots"]["identity"]["subjects"] == 1
+    # The Gaussian sweep: background variability falls as the filter widens.
+    bv2, bv6 = (five["gaussian_curve"][f]["8mm"]["bv"]["mean"] for f in ("2", "6"))
+    assert bv2 > bv6
     md = out.with_suffix(".md").read_text()
     assert "### 5 % dose" in md and "### 1 % dose" in md and "| unet-sw | sliding windows 8 |" in md
     assert fig.exists() and json.loads(out.read_text())["doses"]["5"]["names"] == five["names"]
@@ -164,8 +168,8 @@ def test_model_specs_and_downsampled_lesion_geometry(race, tmp_path):
     for bad in ("noname", "identity=/x.pt", "a=/x.pt:colour=red"):
         with pytest.raises(SystemExit):
             race.parse_model(bad)
-    data, labels_dir, _ = _dataset(tmp_path, n=2)
-    s = race.load_subject(data, labels_dir, "s1", ("truth", "full", "activity", "lesions"), 2)
+    data, labels_dir, _ = _dataset(tmp_path, n=3)
+    s = race.load_subject(data, labels_dir, "s2", ("truth", "full", "activity", "lesions"), 2)
     assert s.images["truth"].shape == (8, 8, 6) and np.allclose(s.spacing, 4.0)
     # Old voxel 7.5 (the centre of the 16-voxel axis) lies between new voxels 3 and 4.
     assert s.table["lesions"][0]["centre_voxel"][:2] == [3.5, 3.5]
