@@ -5,6 +5,8 @@ Imported by test modules in several subfolders as ``from tests.helpers import ..
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import socket
 from pathlib import Path
@@ -147,3 +149,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (hidden ones included)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -6,7 +6,6 @@ no traceback, and nothing changed on disk.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import assert_user_error, make_pairs, run_main, tiny_config
+from tests.helpers import assert_user_error, digest, make_pairs, run_main, tiny_config
 from voxdiff.config import config_difference, deep_merge, validate_config
 from voxdiff.config import schema as S
 from voxdiff.errors import VoxdiffError
@@ -28,12 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch):
     monkeypatch.setenv("COLUMNS", "300")
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (hidden ones included)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -6,7 +6,6 @@ Every refusal is exit 2 with one line and leaves the run folder byte-identical.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import assert_user_error, make_pairs, run_main
+from tests.helpers import assert_user_error, digest, make_pairs, run_main
 from voxdiff.train.checkpoint import (InterruptGuard, TrainingInterrupted, load_checkpoint, save_checkpoint,
                                       truncate_log)
 
@@ -27,12 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch):
     monkeypatch.setenv("COLUMNS", "300")
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (hidden ones included)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
