@@ -297,41 +297,6 @@ def cached(folder: Path | None, key: str, case: str, dose: str, compute) -> tupl
 
 # --- scoring ----------------------------------------------------------------------------------------
 
-def score_images(s: psr.Subject, preds: dict[str, np.ndarray]) -> dict:
-    """Every metric of one subject for each named image: a row of ``pet_simulation_report.summarise``.
-
-    The same metrics, masks and activity-referenced CRC as ``pet_simulation_report.score_subject``,
-    for any set of images (that function scores its fixed list).
-    """
-    from voxdiff.metrics import hotspots, image_metrics, lesion_crc, regional_bias
-
-    truth, full = s.images["truth"], s.images["full"]
-    lesions = s.table["lesions"]
-    true_ratio = [r["roi_mean"] / r["background_mean"] for r in
-                  lesion_crc(s.images["activity"], lesions, s.spacing, lesion_map=s.lesion_map, regions=s.regions)]
-    eff = [{**les, "contrast": ratio} for les, ratio in zip(lesions, true_ratio)]
-    row = {"case": s.case, "lesion_free": s.table["lesion_free"], "n_lesions": len(lesions),
-           "min": {}, "images": {}, "lesions": {}, "hotspots": {}}
-    for name, img in preds.items():
-        m = {f"{k}_truth": v for k, v in image_metrics(img, truth, s.brain).items() if k in ("psnr", "ssim", "nrmse")}
-        if name != "full":
-            m.update({f"{k}_full": v for k, v in image_metrics(img, full, s.brain).items() if k in ("psnr", "ssim", "nrmse")})
-        m.update(regional_bias(img, truth, s.regions, s.lesion_map))
-        row["images"][name] = m
-        row["min"][name] = float(img.min())
-        if lesions:
-            per = lesion_crc(img, lesions, s.spacing, truth=truth, lesion_map=s.lesion_map, regions=s.regions)
-            act = lesion_crc(img, eff, s.spacing, truth=truth, lesion_map=s.lesion_map, regions=s.regions)
-            for p, a, ratio in zip(per, act, true_ratio):
-                p.update(true_ratio=ratio, crc_act=a["crc"], crc_truth_act=a["crc_truth"])
-            row["lesions"][name] = per
-        if s.table["lesion_free"]:
-            hs = hotspots(img, truth, s.spacing, regions=s.regions, mask=s.brain, lesion_map=s.lesion_map)
-            row["hotspots"][name] = {"count": hs["hotspots"], "peak": hs["hotspot_peak"],
-                                     "largest": max((sp["n_voxels"] for sp in hs["spots"]), default=0)}
-    return row
-
-
 def gaussian_curve(s: psr.Subject, low: np.ndarray, fwhms: list[float]) -> dict:
     """Per FWHM, each lesion's activity-referenced CRC and BV of the Gaussian-filtered ``low`` (the filter's CRC-BV curve)."""
     from voxdiff.metrics import lesion_crc
@@ -572,7 +537,7 @@ def run(args: argparse.Namespace) -> dict:
                 if m.dose == d:
                     preds[m.name], secs[m.name] = cached(args.cache, m.cache_key, case, d,
                                                                  lambda m=m, low=low, aff=s.affine: m(low, aff))
-            row = score_images(s, preds)
+            row = psr.score_images(s, preds)
             if curve:
                 row["gaussian_curve"] = gaussian_curve(s, low, curve)
             blocks[d]["rows"].append(row)

@@ -129,14 +129,20 @@ def fit_sigmas(data: Path, labels_dir: Path, cases: list[str], grid: list[float]
 
 def score_subject(s: Subject, fwhm: dict[str, float]) -> dict:
     """Every metric of one held-out subject for full, low_d and their Gaussian-filtered versions."""
-    from voxdiff.metrics import hotspots, image_metrics, lesion_crc, regional_bias
-
-    truth, full = s.images["truth"], s.images["full"]
+    full = s.images["full"]
     preds = {"full": full}
     preds["gauss_full"] = gaussian(full, fwhm["full"], s.spacing)
     for d in DOSES:
         preds[f"low_{d}"] = s.images[f"low_{d}"]
         preds[f"gauss_{d}"] = gaussian(s.images[f"low_{d}"], fwhm[f"low_{d}"], s.spacing)
+    return score_images(s, preds)
+
+
+def score_images(s: Subject, preds: dict[str, np.ndarray]) -> dict:
+    """Every metric of one subject for each named image (also the race's scorer: one copy)."""
+    from voxdiff.metrics import hotspots, image_metrics, lesion_crc, regional_bias
+
+    truth, full = s.images["truth"], s.images["full"]
     lesions = s.table["lesions"]
     # The table's contrast is relative to the mean activity the sphere replaced (often a tissue
     # mix), not to the metric's background shell; the activity-referenced CRC divides by the
