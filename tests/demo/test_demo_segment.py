@@ -9,19 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from voxdiff.cli import main
 from voxdiff.demo import SEGMENT_FILES
 from voxdiff.demo.segment import tissue_dice
+from tests.helpers import cli_exit_code
 from voxdiff.io import load_volume, save_volume
 
 # The IXI orientation (PSR) at 2 mm: the demo's grid.
 PSR = np.array([[0.0, 0.0, 2.0, -88.0], [-2.0, 0.0, 0.0, 118.0], [0.0, 2.0, 0.0, -135.0], [0, 0, 0, 1.0]])
-
-
-def _cli(argv) -> int:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    return int(exc.value.code or 0)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def test_segment_demo_writes_every_file_in_the_inputs_geometry(tiny_models, tmp_
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     out = tmp_path / "demo"
-    code = _cli(["demo", "--task", "segment", "--model", tiny_models["segmentation"], "--preseg-model",
+    code = cli_exit_code(["demo", "--task", "segment", "--model", tiny_models["segmentation"], "--preseg-model",
                  tiny_models["preseg"], "--size", "small", "--samples", 2, "--steps", 1, "-o", out])
     assert code == 0
     printed = capsys.readouterr().out
@@ -129,7 +123,7 @@ def test_segment_demo_refuses_missing_models_and_bad_options(tiny_models, tmp_pa
     ]
     for i, (args, needle) in enumerate(cases):
         out = tmp_path / f"o{i}"
-        assert _cli(["demo", *args, "-o", out]) == 2, args
+        assert cli_exit_code(["demo", *args, "-o", out]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error:") and needle in err and err.strip().count("\n") == 0, (args, err)
         assert "Traceback" not in err and not out.exists(), args

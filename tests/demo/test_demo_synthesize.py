@@ -9,19 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from voxdiff.cli import main
 from voxdiff.demo import synthesis_files
 from voxdiff.demo.synthesize import _model_grid
 from voxdiff.errors import VoxdiffError
+from tests.demo.test_demo_segment import PSR
+from tests.helpers import cli_exit_code
 from voxdiff.io import load_volume, save_volume
 
-PSR = np.array([[0.0, 0.0, 2.0, -88.0], [-2.0, 0.0, 0.0, 118.0], [0.0, 2.0, 0.0, -135.0], [0, 0, 0, 1.0]])
-
-
-def _cli(argv) -> int:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    return int(exc.value.code or 0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,7 @@ def test_synthesize_demo_writes_samples_template_checks_and_montage(tiny_synthes
     import torch
 
     out = tmp_path / "demo"
-    code = _cli(["demo", "--task", "synthesize", "--model", tiny_synthesis, "--samples", 2, "--steps", 2, "-o", out])
+    code = cli_exit_code(["demo", "--task", "synthesize", "--model", tiny_synthesis, "--samples", 2, "--steps", 2, "-o", out])
     assert code == 0
     printed = capsys.readouterr().out
     assert "W1 to template" in printed and "sample_1" in printed
@@ -97,7 +91,7 @@ def test_synthesize_demo_refuses_missing_model_and_bad_options(tiny_synthesis, t
     ]
     for i, (args, needle) in enumerate(cases):
         out = tmp_path / f"o{i}"
-        assert _cli(["demo", *args, "-o", out]) == 2, args
+        assert cli_exit_code(["demo", *args, "-o", out]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error:") and needle in err and err.strip().count("\n") == 0, (args, err)
         assert "Traceback" not in err and not out.exists(), args
