@@ -136,7 +136,8 @@ def load_subject(data: Path, labels_dir: Path, case: str, roles: tuple[str, ...]
 
 # --- fitting on the training split ------------------------------------------------------------------
 
-def fit_baselines(subjects: list, doses: list[str], grid: list[float], bm4d_mode: str | None) -> dict:
+def fit_baselines(subjects: list, doses: list[str], grid: list[float], bm4d_mode: str | None,
+                  prefix: str = "low") -> dict:
     """Per dose: the Gaussian FWHM (max mean PSNR vs truth in the brain over ``subjects``) and BM4D's noise model.
 
     ``pet_simulation_report.fit_sigmas`` reloads every subject at full resolution for all five
@@ -147,7 +148,7 @@ def fit_baselines(subjects: list, doses: list[str], grid: list[float], bm4d_mode
 
     out: dict = {}
     for d in doses:
-        key = f"low_{d}"
+        key = f"{prefix}_{d}"
         table = np.zeros((len(subjects), len(grid)))
         psd_sum, std_rel = None, []
         for n, s in enumerate(subjects):
@@ -249,7 +250,8 @@ class TrainedMethod:
             raise SystemExit(f"--model {self.name}: {self.path} was trained with another test split "
                              f"({len(split.get('test', []))} test cases) than the race's {len(test)}")
         source = (cfg["data"].get("roles") or {}).get("source", "source")
-        self.dose = str(self.options.pop("dose", source.replace("low_", "") if source.startswith("low_") else "5"))
+        # low_5 -> 5; nac_low_5 (the joint NAC -> AC task) -> 5 as well: --input picks the image family.
+        self.dose = str(self.options.pop("dose", source.rsplit("low_", 1)[1] if "low_" in source else "5"))
         self.downsample = int(cfg["data"].get("downsample", 1))
         roi = self.options.pop("sw_roi", None)
         crop = cfg["data"]["crop_size"]
@@ -349,7 +351,7 @@ def markdown(report: dict) -> str:
     """Two tables per dose (image quality and bias; lesions, hot spots and cost) plus the BM4D-subset table."""
     lines = [f"Command: `{report['command']}`", "",
              (f"Machine: {report['machine']}. Date: {report['date']}. Data: `{report['data']}` "
-              f"({report['n_ids']} subjects; split {report['split']}: {len(report['test'])} test subjects scored, "
+              f"({report['n_ids']} subjects; split {report['split']}: {len(report['test'])} {report.get('scored_split', 'test')} subjects scored, "
               f"fitting on {len(report['fit_cases'])} training subjects). Resolution: {report['resolution_mm']} mm."), ""]
     for d, block in report["doses"].items():
         s, names, meth = block["summary"], block["names"], report["methods"]
@@ -476,9 +478,10 @@ def run(args: argparse.Namespace) -> dict:
     sp = race_split(args.data, args.labels_dir, args.config)
     split = sp["split"]
     complete = {p.name[: -len("_pet.json")] for p in args.data.glob("*_pet.json")}
-    test = [c for c in split["test"] if c in complete]
-    if len(test) < len(split["test"]):
-        raise SystemExit(f"{len(split['test']) - len(test)} test subject(s) are not complete yet in {args.data}")
+    # --split val scores the validation subjects (the shipped model's card); the race itself is on test.
+    test = [c for c in split[args.split] if c in complete]
+    if len(test) < len(split[args.split]):
+        raise SystemExit(f"{len(split[args.split]) - len(test)} {args.split} subject(s) are not complete yet in {args.data}")
     if args.max_test:
         test = test[: args.max_test]
     fit_cases = [c for c in split["train"] if c in complete][: args.fit_subjects]
@@ -490,13 +493,13 @@ def run(args: argparse.Namespace) -> dict:
     mem = memory_table(args.memory_json)
     print(f"{sp['n_ids']} ids ({sp['ids_from']}); test {len(test)}, fitting {len(fit_cases)}; "
           f"methods {builtin + [m.name for m in models]}", flush=True)
-    low_roles = tuple(f"low_{d}" for d in doses)
+    low_roles = tuple(f"{args.input}_{d}" for d in doses)
     fit = {}
     if "gaussian" in builtin or "bm4d" in builtin:
         t0 = time.perf_counter()
         fit_subjects = [load_subject(args.data, args.labels_dir, c, ("truth", *low_roles), args.downsample) for c in fit_cases]
         fit = fit_baselines(fit_subjects, doses, sorted({float(v) for v in args.fwhm_grid.split(",")}),
-                            args.bm4d_noise if "bm4d" in builtin else None)
+                            args.bm4d_noise if "bm4d" in builtin else None, args.input)
         del fit_subjects
         print(f"fit in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{d} %: FWHM {fit[d]['fwhm_mm']:g} mm" for d in doses), flush=True)
     bm4d_cases = test if not args.bm4d_subjects else test[: args.bm4d_subjects]
@@ -514,7 +517,7 @@ def run(args: argparse.Namespace) -> dict:
     for n, case in enumerate(test):
         s = load_subject(args.data, args.labels_dir, case, roles, args.downsample)
         for d in doses:
-            low = s.images[f"low_{d}"]
+            low = s.images[f"{args.input}_{d}"]
             preds, secs = {}, {}
             for name in builtin:
                 t0 = time.perf_counter()
@@ -535,7 +538,7 @@ def run(args: argparse.Namespace) -> dict:
                 secs[name] = time.perf_counter() - t0
             for m in models:
                 if m.dose == d:
-                    preds[m.name], secs[m.name] = cached(args.cache, m.cache_key, case, d,
+                    preds[m.name], secs[m.name] = cached(args.cache, m.cache_key + ("" if args.input == "low" else f"-{args.input}"), case, d,
                                                                  lambda m=m, low=low, aff=s.affine: m(low, aff))
             row = psr.score_images(s, preds)
             if curve:
@@ -580,7 +583,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "machine": args.machine or f"{platform.machine()}, {platform.processor() or 'CPU'}, torch threads 1",
         "data": str(args.data), "ids_from": sp["ids_from"], "n_ids": sp["n_ids"], "config": str(args.config),
-        "split": sp["opts"], "test": test, "fit_cases": fit_cases, "resolution_mm": 2.0 * args.downsample,
+        "split": sp["opts"], "scored_split": args.split, "input": args.input, "test": test, "fit_cases": fit_cases, "resolution_mm": 2.0 * args.downsample,
         "downsample": args.downsample,
         "fit": {d: {k: v for k, v in f.items() if k != "bm4d_psd_rel"} for d, f in fit.items()},
         "bm4d_noise": args.bm4d_noise, "methods": methods_info, "doses": out_doses,
@@ -598,6 +601,10 @@ def parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/data/pet-proj"))
+    ap.add_argument("--input", choices=("low", "nac_low"), default="low",
+                    help="input images: low_<dose> (denoising) or nac_low_<dose> (the joint low-dose NAC -> full-dose AC task)")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="subjects to score: the held-out test split (the race) or the validation split (model cards)")
     ap.add_argument("--labels-dir", type=Path, default=None, help="default: the shared IXI labels")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "pet_proj_ppdm_r2.yaml",
                     help="config whose data.split_seed / val_fraction / test_fraction define the split")

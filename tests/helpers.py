@@ -66,6 +66,22 @@ def fake_muse_tables(folder):
         f"47,Hippocampus_R,47{pad}\n")
 
 
+def muse_sim_tables(folder):
+    """Write tiny MUSE tables with the composites the PET simulator needs (ICV 702, TotalBrain 701); returns ``folder``.
+
+    Labels: 1 cortical CSF, 4 3rd ventricle, 36 caudate, 47 hippocampus, 59 thalamus, 81 frontal WM,
+    142 middle frontal gyrus (cortical GM).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "muse_single_labels.csv").write_text(
+        "Index,Code,Name\n4,MUSE_4,3rdVentricle\n36,MUSE_36,Caudate_R\n47,MUSE_47,Hippocampus_R\n"
+        "59,MUSE_59,ThalamusProper_R\n81,MUSE_81,Frontal_WM_R\n142,MUSE_142,MiddleFrontalGyrus_R\n")
+    (folder / "muse_derived_mapping.csv").write_text(
+        "702,ICV,1,4,36,47,59,81,142,,\n701,TotalBrain,4,36,47,59,81,142,,,\n600,CorticalCSF,1,,,,,,,,\n"
+        "601,GM,36,47,59,142,,,,,\n604,WM,81,,,,,,,,\n509,Ventricles,4,,,,,,,,\n")
+    return folder
+
+
 # ----------------------------------------------------------------------------- tiny configs and models
 def tiny_config(tmp_path, manifest, **train):
     """A translation config for ``make_pairs`` data: 8^3 crops, a 2-level UNet, 4 steps; ``train`` overrides."""

@@ -1,4 +1,4 @@
-"""``voxdiff demo``: the shipped model, model export, tissue-map PET simulation, the demo end to end."""
+"""``voxdiff demo``: the shipped model, model export, tissue-map PET simulation, the phantom, the demo end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from voxdiff.cli import main
-from voxdiff.demo import DEMO_FILES, DEMO_SIMULATION, _display, run_demo
+from voxdiff.demo import DEMO_FILES, DEMO_GAUSSIAN_FWHM_MM, DEMO_SIMULATION, _display, demo_phantom, mni_on_ixi_grid, run_demo
 from voxdiff.errors import VoxdiffError
 from voxdiff.export import export_model
 from voxdiff.io import Volume, load_volume
@@ -23,6 +23,8 @@ from voxdiff.sim.pet import TISSUE_UPTAKE, simulate_tissue_pet, tissue_activity_
 from voxdiff.train.checkpoint import load_checkpoint, save_checkpoint
 
 TRAINING_ONLY = ("optimizer", "scaler", "rng", "ema")
+#: Image-mode tissue-map simulation settings (the demo itself simulates in the projection domain).
+TISSUE_SIM = {"fwhm_mm": 5.0, "dose_fraction": 0.05, "mean_brain_counts": 200.0, "head_margin_mm": 10.0}
 
 
 def test_pretrained_pet_denoise_loads_with_weights_only():
@@ -37,8 +39,9 @@ def test_pretrained_pet_denoise_loads_with_weights_only():
     assert sum(p.numel() for p in params) == raw["export"]["parameters"]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
     assert ckpt["config"]["model"]["puzzle_factor"] == 2 and ckpt["config"]["inference"]["steps"] == 5
-    # The simulation the demo uses is the one the model was trained on.
+    # Trained on the projection-domain simulation the demo uses (5 % dose -> full dose).
     assert ckpt["normalization"]["source"]["mode"] == "percentile"
+    assert ckpt["config"]["data"]["roles"] == {"source": "low_5", "target": "target"}
 
 
 def _fake_training_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -112,13 +115,13 @@ def test_tissue_pet_is_deterministic_with_gm_wm_ratio_four():
     gm, wm, brain = _tissue_phantom()
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     vols = Volume(array=gm, affine=aff), Volume(array=wm, affine=aff)
-    a = simulate_tissue_pet(*vols, brain_mask=brain, seed=3, **DEMO_SIMULATION)
-    b = simulate_tissue_pet(*vols, brain_mask=brain, seed=3, **DEMO_SIMULATION)
-    other = simulate_tissue_pet(*vols, brain_mask=brain, seed=4, **DEMO_SIMULATION)
+    a = simulate_tissue_pet(*vols, brain_mask=brain, seed=3, **TISSUE_SIM)
+    b = simulate_tissue_pet(*vols, brain_mask=brain, seed=3, **TISSUE_SIM)
+    other = simulate_tissue_pet(*vols, brain_mask=brain, seed=4, **TISSUE_SIM)
     assert np.array_equal(a.full.array, b.full.array) and np.array_equal(a.low.array, b.low.array)
     assert not np.array_equal(a.low.array, other.low.array)
     assert a.full.shape == gm.shape and np.allclose(a.full.affine, aff)
-    assert a.params["mean_brain_counts"] == pytest.approx(DEMO_SIMULATION["mean_brain_counts"])
+    assert a.params["mean_brain_counts"] == pytest.approx(TISSUE_SIM["mean_brain_counts"])
     core = (slice(10, 22), slice(10, 22))
     ratio = a.full.array[6:8][:, core[0], core[1]].mean() / a.full.array[16:18][:, core[0], core[1]].mean()
     assert 3.6 < ratio < 4.4, ratio
@@ -152,33 +155,62 @@ def offline(monkeypatch, tmp_path):
     return data
 
 
+def test_demo_phantom_has_brainweb_classes_and_head_shells():
+    vol = demo_phantom()
+    cls = vol.array
+    assert vol.shape == (120, 120, 90) and vol.orientation == "PSR" and vol.spacing == (2.0, 2.0, 2.0)
+    assert set(np.unique(cls).tolist()) == {0, 1, 2, 3, 7, 9}
+    brain = mni_on_ixi_grid().brain
+    assert np.array_equal(cls[brain], mni_on_ixi_grid().reference.array[brain].astype(cls.dtype))
+    # Shells around nilearn's brain mask: CSF to 2 mm, skull to 6 mm, scalp to 14 mm, then air.
+    from scipy import ndimage as ndi
+
+    assert (cls[~brain & (cls > 0)] != 2).all() and (cls[~brain & (cls > 0)] != 3).all()
+    dist = ndi.distance_transform_edt(~brain, sampling=vol.spacing)
+    assert dist[cls == 7].min() > 2.0 and dist[cls == 7].max() <= 6.0 + 1e-6
+    assert (cls[dist > 14.0] == 0).all()
+    small = demo_phantom(crop=16)
+    assert small.shape == (16, 16, 16)
+    # The crop keeps world positions: its first voxel is the same point of the full phantom.
+    ijk = np.rint(np.linalg.inv(vol.affine) @ small.affine[:, 3]).astype(int)[:3]
+    assert np.array_equal(small.array, cls[ijk[0]:ijk[0] + 16, ijk[1]:ijk[1] + 16, ijk[2]:ijk[2] + 16])
+
+
 def test_demo_small_end_to_end(tmp_path, offline):
     out = tmp_path / "demo"
     summary = run_demo(out, steps=1, samples=1, crop=32, show_progress=False)
     assert not any(offline.iterdir()), "nilearn fetched data"
     for name in DEMO_FILES:
         assert (out / name).is_file(), name
-    vols = {n: load_volume(out / f"{n}.nii.gz") for n in ("low", "ppdm", "full", "uncertainty", "brain_mask")}
+    names = ("truth", "low", "full", "gaussian", "ppdm", "uncertainty", "brain_mask", "lesions")
+    vols = {n: load_volume(out / f"{n}.nii.gz") for n in names}
     ref = vols["low"]
-    assert ref.shape == (32, 32, 32) and ref.spacing == (2.0, 2.0, 2.0) and ref.orientation == "RAS"
+    assert ref.shape == (32, 32, 32) and ref.spacing == (2.0, 2.0, 2.0) and ref.orientation == "PSR"
     for vol in vols.values():
         assert vol.shape == ref.shape and np.allclose(vol.affine, ref.affine)
-    # The crop keeps world positions: the MNI origin stays inside the cube.
-    origin_vox = np.linalg.inv(ref.affine) @ np.array([0.0, 0.0, 0.0, 1.0])
-    assert np.all(origin_vox[:3] > 0) and np.all(origin_vox[:3] < 32)
     mask = vols["brain_mask"].array > 0
-    full = vols["full"].array
-    rng = float(full[mask].max() - full[mask].min())
-    psnr_in, psnr_out = (psnr(vols[k].array, full, rng, mask) for k in ("low", "ppdm"))
-    assert psnr_out > psnr_in + 3.0, (psnr_in, psnr_out)
-    assert summary["metrics"]["ppdm"]["psnr"] == pytest.approx(psnr_out, abs=1e-3)
+    truth = vols["truth"].array
+    rng = float(truth[mask].max() - truth[mask].min())
+    got = {k: psnr(vols[k].array, truth, rng, mask) for k in ("low", "full", "gaussian", "ppdm")}
+    # Scored against the noise-free truth: both denoisers well above the 5 % input, the full dose above all.
+    assert got["ppdm"] > got["low"] + 3.0 and got["gaussian"] > got["low"] + 3.0, got
+    assert got["full"] > max(got["ppdm"], got["gaussian"]), got
+    assert summary["metrics"]["ppdm"]["psnr"] == pytest.approx(got["ppdm"], abs=1e-3)
+    assert summary["metrics"]["gaussian"]["psnr"] == pytest.approx(got["gaussian"], abs=1e-3)
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [r["image"] for r in rows] == ["input", "ppdm"]
-    assert float(rows[1]["psnr"]) == pytest.approx(psnr_out, abs=1e-3)
+    assert [r["image"] for r in rows] == ["input", "full", "gaussian", "ppdm"]
+    assert float(rows[3]["psnr"]) == pytest.approx(got["ppdm"], abs=1e-3)
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["steps"] == 1 and saved["samples"] == 1 and saved["simulation"]["dose_fraction"] == 0.05
+    assert saved["steps"] == 1 and saved["samples"] == 1 and saved["gaussian_fwhm_mm"] == DEMO_GAUSSIAN_FWHM_MM
+    assert saved["simulation"]["physics"] == "projection" and saved["simulation"]["settings"]["doses"] == [0.05]
+    assert saved["simulation"]["settings"] == DEMO_SIMULATION
     assert np.all(vols["uncertainty"].array == 0)  # one sample: no spread
     assert nib.load(out / "low.nii.gz").get_data_dtype() == np.float32
+    lesion_ids = set(np.unique(vols["lesions"].array).tolist()) - {0}
+    assert lesion_ids and lesion_ids <= set(range(1, saved["lesions"] + 1))
+    # The same seed gives the same simulation; another seed another noise draw.
+    again = run_demo(tmp_path / "again", steps=1, samples=1, crop=32, show_progress=False)
+    assert again["metrics"]["input"]["psnr"] == pytest.approx(summary["metrics"]["input"]["psnr"], abs=1e-9)
 
 
 def test_demo_cli_refuses_tasks_without_a_shipped_model(tmp_path, capsys):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import muse_sim_tables
 
 from voxdiff.data import load_manifest
 from voxdiff.errors import VoxdiffError
@@ -26,19 +27,8 @@ VENT, CAUDATE, THAL, WM, GM, HIPPO, CORT_CSF = 4, 36, 59, 81, 142, 47, 1
 
 
 @pytest.fixture
-def tables(tmp_path: Path) -> Path:
-    """Tiny MUSE tables with the real files' layout."""
-    d = tmp_path / "tables"
-    d.mkdir()
-    (d / "muse_single_labels.csv").write_text(
-        "Index,Code,Name\n4,MUSE_4,3rdVentricle\n36,MUSE_36,Caudate_R\n47,MUSE_47,Hippocampus_R\n"
-        "59,MUSE_59,ThalamusProper_R\n81,MUSE_81,Frontal_WM_R\n142,MUSE_142,MiddleFrontalGyrus_R\n"
-    )
-    (d / "muse_derived_mapping.csv").write_text(
-        "702,ICV,1,4,36,47,59,81,142,,\n701,TotalBrain,4,36,47,59,81,142,,,\n600,CorticalCSF,1,,,,,,,,\n"
-        "601,GM,36,47,59,142,,,,,\n604,WM,81,,,,,,,,\n509,Ventricles,4,,,,,,,,\n"
-    )
-    return d
+def tables(tmp_path):
+    return muse_sim_tables(tmp_path / "tables")
 
 
 def _labels(array: np.ndarray, affine: np.ndarray | None = None) -> Volume:

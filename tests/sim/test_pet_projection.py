@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+
+from tests.helpers import muse_sim_tables
 import torch
 
 from voxdiff.errors import VoxdiffError
@@ -25,15 +27,7 @@ FAST = dict(n_views=24, subsets=4, iterations=3, doses=(0.25, 0.05), prompts=2e6
 
 @pytest.fixture
 def tables(tmp_path):
-    d = tmp_path / "tables"
-    d.mkdir()
-    (d / "muse_single_labels.csv").write_text(
-        "Index,Code,Name\n4,MUSE_4,3rdVentricle\n36,MUSE_36,Caudate_R\n59,MUSE_59,ThalamusProper_R\n"
-        "81,MUSE_81,Frontal_WM_R\n142,MUSE_142,MiddleFrontalGyrus_R\n")
-    (d / "muse_derived_mapping.csv").write_text(
-        "702,ICV,4,36,59,81,142,,\n701,TotalBrain,4,36,59,81,142,,\n600,CorticalCSF,1,,,,,,\n"
-        "601,GM,36,59,142,,,,\n604,WM,81,,,,,,\n509,Ventricles,4,,,,,,\n")
-    return d
+    return muse_sim_tables(tmp_path / "tables")
 
 
 def _phantom(shape=(28, 24, 20)) -> np.ndarray:

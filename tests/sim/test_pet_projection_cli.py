@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import run_main
+from tests.helpers import muse_sim_tables, run_main
 from voxdiff.data import load_manifest
 from voxdiff.io import Volume, load_volume, save_volume
 
@@ -19,15 +19,7 @@ FAST = ["--views", "24", "--subsets", "4", "--iterations", "2", "--doses", "0.25
 
 @pytest.fixture
 def tables(tmp_path):
-    d = tmp_path / "tables"
-    d.mkdir()
-    (d / "muse_single_labels.csv").write_text(
-        "Index,Code,Name\n4,MUSE_4,3rdVentricle\n59,MUSE_59,ThalamusProper_R\n81,MUSE_81,Frontal_WM_R\n"
-        "142,MUSE_142,MiddleFrontalGyrus_R\n")
-    (d / "muse_derived_mapping.csv").write_text(
-        "702,ICV,4,59,81,142,,\n701,TotalBrain,4,59,81,142,,\n600,CorticalCSF,1,,,,\n601,GM,59,142,,,\n"
-        "604,WM,81,,,,\n509,Ventricles,4,,,,\n")
-    return d
+    return muse_sim_tables(tmp_path / "tables")
 
 
 def _labels(shape=(20, 18, 16)) -> np.ndarray:

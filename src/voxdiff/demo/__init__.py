@@ -2,7 +2,8 @@
 
 Three demos, one per task (:data:`DEMO_TASKS`), none needing data, a download or a GPU:
 
-* ``translate`` (:mod:`voxdiff.demo.pet`): denoise a simulated 5 %-dose brain PET (PPDM).
+* ``translate`` (:mod:`voxdiff.demo.pet`): a projection-simulated 5 %-dose brain PET denoised by
+  the Gaussian post-filter and by PPDM, both scored against the noise-free truth.
 * ``segment`` (:mod:`voxdiff.demo.segment`): CSF/GM/WM segmentation of the MNI152 T1 with a
   pre-segmentation network and PD-DDPM, scored against the template's tissue maps.
 * ``synthesize`` (:mod:`voxdiff.demo.synthesize`): new T1 heads from the IDM, checked next to
@@ -21,15 +22,15 @@ from typing import Any
 from voxdiff.demo.common import DemoTable
 from voxdiff.demo.mni import MniOnIxiGrid, mni_on_ixi_grid
 from voxdiff.demo.montage import display as _display
-from voxdiff.demo.pet import (DEMO_FILES, DEMO_MODEL, DEMO_SIMULATION, MniTemplate, load_mni_template,
-                              run_pet_demo, simulate_demo_pet)
+from voxdiff.demo.pet import (DEMO_DOSE, DEMO_FILES, DEMO_GAUSSIAN_FWHM_MM, DEMO_MODEL, DEMO_SETTINGS, DEMO_SIMULATION,
+                              demo_phantom, run_pet_demo, simulate_demo_pet)
 from voxdiff.demo.segment import SEGMENT_FILES, SEGMENT_MODEL, SEGMENT_PRESEG_MODEL, run_segment_demo
 from voxdiff.demo.synthesize import (SYNTHESIS_MODEL, SYNTHESIS_SAMPLER, SYNTHESIS_STEPS, run_synthesis_demo,
                                      synthesis_files)
 from voxdiff.errors import VoxdiffError
 
-__all__ = ["DEMO_MODEL", "DEMO_SIMULATION", "DEMO_FILES", "DEMO_TASKS", "DemoTable", "MniTemplate",
-           "MniOnIxiGrid", "load_mni_template", "mni_on_ixi_grid", "simulate_demo_pet", "run_demo", "run_pet_demo",
+__all__ = ["DEMO_MODEL", "DEMO_DOSE", "DEMO_GAUSSIAN_FWHM_MM", "DEMO_SETTINGS", "DEMO_SIMULATION", "DEMO_FILES",
+           "DEMO_TASKS", "DemoTable", "MniOnIxiGrid", "demo_phantom", "mni_on_ixi_grid", "simulate_demo_pet", "run_demo", "run_pet_demo",
            "run_segment_demo", "run_synthesis_demo", "SEGMENT_FILES", "SEGMENT_MODEL", "SEGMENT_PRESEG_MODEL",
            "SYNTHESIS_MODEL", "SYNTHESIS_SAMPLER", "SYNTHESIS_STEPS", "synthesis_files", "_display"]
 

@@ -5,12 +5,22 @@
 * :mod:`voxdiff.metrics.pet`: the quantities PET users report: regional mean bias, per-lesion
   contrast recovery (CRC) and background variability (BV), invented hot spots.
 * :mod:`voxdiff.metrics.summary`: mean and std over cases.
+* :mod:`voxdiff.metrics.evaluation`: prediction/target files of each case (folders, manifest),
+  scored and summarised as ``voxdiff evaluate`` does (``find_pairs``, ``evaluate_pairs``).
 
 The conventions (data range, masks, windows, ROIs, empty structures) are in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+from voxdiff.metrics.evaluation import (
+    EvaluationReport,
+    Pair,
+    Pairing,
+    PetSettings,
+    evaluate_pairs,
+    find_pairs,
+)
 from voxdiff.metrics.image import (
     IMAGE_METRICS,
     SSIM_SIGMA,
@@ -66,4 +76,10 @@ __all__ = [
     "crc_summary",
     "hotspots",
     "pet_metrics",
+    "Pair",
+    "Pairing",
+    "PetSettings",
+    "EvaluationReport",
+    "find_pairs",
+    "evaluate_pairs",
 ]

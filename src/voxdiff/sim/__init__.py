@@ -14,10 +14,16 @@ from voxdiff.sim.pet import (
     simulate_tissue_pet,
     tissue_activity_map,
 )
+from voxdiff.sim.dataset import (CaseFiles, CaseReport, DatasetReport, ImageSettings, build_pet_dataset,
+                                 case_files, simulate_case_to_files)
 from voxdiff.sim.physics import ProjectionPet, ProjectionSettings, dose_tag, simulate_projection_pet
 
 __all__ = [
     "BRAINWEB_UPTAKE",
+    "CaseFiles",
+    "CaseReport",
+    "DatasetReport",
+    "ImageSettings",
     "MUSE_UPTAKE",
     "SCHEMES",
     "TISSUE_UPTAKE",
@@ -25,10 +31,13 @@ __all__ = [
     "ProjectionPet",
     "ProjectionSettings",
     "activity_map",
+    "build_pet_dataset",
+    "case_files",
     "case_seed",
     "dose_tag",
     "head_mask_from_image",
     "head_mask_from_labels",
+    "simulate_case_to_files",
     "simulate_pet",
     "simulate_projection_pet",
     "simulate_tissue_pet",
