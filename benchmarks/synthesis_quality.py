@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="IXI folder with t1/<case>.nii.gz")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = ancestral DDPM")
+    ap.add_argument("--eta", type=float, default=None, help="sampler stochasticity (default: the sampler's; DDIM 0)")
+    ap.add_argument("--sampler", default=None, help="ddim | dpmsolver++ | ddpm (default: the checkpoint's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--threads", type=int, default=None)
@@ -172,14 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     synth, t0 = [], time.perf_counter()
     with torch.no_grad():
         for i in range(args.samples):
-            o = task.predict({}, steps=args.steps, generator=g, eta=args.eta, shape=(1, 1, *padded))
+            o = task.predict({}, steps=args.steps, generator=g, eta=args.eta, shape=(1, 1, *padded), sampler=args.sampler)
             v = crop_to(o["output"], pads)[0, 0].float().numpy()
             synth.append(v)
             save_volume(np.asarray(v if norm is None else norm.inverse(v), dtype=np.float32), out / f"sample_{i}.nii.gz",
                         affine=np.asarray(geo["affine"]))
     sec = (time.perf_counter() - t0) / max(args.samples, 1)
 
-    groups = {"real train": real_train, "real held-out": real_held, f"IDM samples ({args.steps} steps)": synth}
+    label = f"IDM samples ({args.sampler or cfg['model']['process'].get('sampler', 'ddim')}, {args.steps} steps)"
+    groups = {"real train": real_train, "real held-out": real_held, label: synth}
     montage({"real held-out": real_held[:8], "IDM samples": synth[:8]}, out / "montage.png", geo["affine"])
     stats = {k: describe(v, spacing) for k, v in groups.items()}
     pooled_train = np.concatenate([r["values"] for r in describe(real_train_all, spacing)])
@@ -200,12 +202,19 @@ def main(argv: list[str] | None = None) -> int:
             "pairwise_rmse": pairwise_rmse(vols),
             "nearest_train_rmse": [float(np.mean(nn)), float(np.min(nn))],
         }
+    # Issue #15's targets: tissue-mean spread within 2x of the real held-out spread (every class), head-intensity
+    # W1 to the real training pool within 3x of the real held-out volumes' W1 to it.
+    real, syn = summary["real held-out"], summary[label]
+    spread = {c: syn["tissue_means"][c][1] / max(real["tissue_means"][c][1], 1e-9) for c in ("dark", "middle", "bright")}
+    w1_ratio = syn["w1_to_train"][0] / max(real["w1_to_train"][0], 1e-9)
+    checks = {"tissue_spread_ratio": spread, "tissue_spread_ok": bool(max(spread.values()) <= 2.0),
+              "w1_ratio": w1_ratio, "w1_ok": bool(w1_ratio <= 3.0)}
     result = {"model": str(args.model), "step": int(ckpt.get("step", -1)), "grid": list(shape), "spacing_mm": spacing,
-              "steps": args.steps, "eta": args.eta, "seconds_per_sample": sec, "threads": torch.get_num_threads(),
+              "steps": args.steps, "eta": args.eta, "sampler": args.sampler, "checks": checks, "seconds_per_sample": sec, "threads": torch.get_num_threads(),
               "summary": summary}
     atomic_write_text(out / "synthesis_quality.json", json.dumps(result, indent=2))
     lines = [f"Model `{args.model}` (step {result['step']}), grid {shape} at {spacing:g} mm, "
-             f"{args.steps} sampling steps (eta {args.eta}), {sec:.1f} s per sample on {torch.get_num_threads()} thread(s).",
+             f"{args.steps} sampling steps ({args.sampler or 'checkpoint sampler'}, eta {args.eta}), {sec:.1f} s per sample on {torch.get_num_threads()} thread(s).",
              "",
              "| group | n | head (L) | dark mean | middle mean | bright mean | W1 to real train | pairwise RMSE | NN-train RMSE (mean / min) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -215,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{t['dark'][0]:.3f} ± {t['dark'][1]:.3f} | {t['middle'][0]:.3f} ± {t['middle'][1]:.3f} | "
                      f"{t['bright'][0]:.3f} ± {t['bright'][1]:.3f} | {s['w1_to_train'][0]:.3f} ± {s['w1_to_train'][1]:.3f} | "
                      f"{s['pairwise_rmse']:.3f} | {s['nearest_train_rmse'][0]:.3f} / {s['nearest_train_rmse'][1]:.3f} |")
+    lines += ["", "Checks against the real held-out volumes: tissue-mean spread ratio "
+              + ", ".join(f"{c} {v:.2f}" for c, v in spread.items())
+              + f" (target <= 2: {'met' if checks['tissue_spread_ok'] else 'NOT met'}); W1 ratio {w1_ratio:.2f}"
+              + f" (target <= 3: {'met' if checks['w1_ok'] else 'NOT met'})."]
     atomic_write_text(out / "synthesis_quality.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

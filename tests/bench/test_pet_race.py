@@ -58,7 +58,9 @@ def _dataset(root: Path, n: int = 8) -> tuple[Path, Path, Path]:
             lesions = [{"id": 1, "centre_voxel": centre, "diameter_mm": 8.0, "contrast": 4.0, "region": "WM"}]
         truth = ndi.gaussian_filter(act, 0.8)
         vols = {"truth": truth, "activity": act, "full": truth + rng.normal(0, 0.3, SHAPE),
-                "low_5": truth + rng.normal(0, 1.5, SHAPE), "low_1": truth + rng.normal(0, 3.0, SHAPE)}
+                "low_5": truth + rng.normal(0, 1.5, SHAPE), "low_1": truth + rng.normal(0, 3.0, SHAPE),
+                # non-attenuation-corrected: darker in the middle, as an uncorrected head is
+                "nac_low_5": truth * (0.3 + 0.05 * r) + rng.normal(0, 1.5, SHAPE)}
         for role, v in vols.items():
             save_volume(v.astype(np.float32), data / f"{case}_{role}.nii.gz", affine=AFFINE)
         save_volume(les, data / f"{case}_lesions.nii.gz", affine=AFFINE, dtype=np.int16)
@@ -144,6 +146,25 @@ def test_race_scores_baselines_and_a_checkpoint_on_the_test_split(race, tmp_path
     # Another test split than the checkpoint's is refused.
     with pytest.raises(SystemExit, match="another test split"):
         race.TrainedMethod(race.parse_model(f"x={tmp_path / 'run' / 'last.pt'}"), ["s0"])
+
+
+def test_validation_split_and_nac_input_are_scored_on_request(race, tmp_path):
+    from voxdiff.io import load_volume
+    from voxdiff.metrics.image import default_data_range, psnr
+
+    data, labels_dir, config = _dataset(tmp_path)
+    split = race.psr.make_split([f"s{i}" for i in range(8)], config)[0]
+    report = race.run(_args(race, data, labels_dir, config, tmp_path / "val.json", "--split", "val",
+                            "--input", "nac_low", "--doses", "5", "--methods", "identity,gaussian"))
+    # The validation subjects (not the test ones) and the NAC image as the input.
+    assert report["test"] == split["val"] and report["scored_split"] == "val" and report["input"] == "nac_low"
+    case = split["val"][0]
+    truth = load_volume(data / f"{case}_truth.nii.gz").array
+    nac = load_volume(data / f"{case}_nac_low_5.nii.gz").array
+    brain = load_volume(labels_dir / f"{case}.nii.gz").array > 0
+    row = report["doses"]["5"]["subjects"][0]
+    assert row["images"]["identity"]["psnr_truth"] == pytest.approx(psnr(nac, truth, default_data_range(truth, brain), brain), abs=1e-4)
+    assert f"{len(split['val'])} val subjects scored" in (tmp_path / "val.md").read_text()
 
 
 def test_bm4d_noise_model_is_fitted_on_training_subjects_and_denoises(race, tmp_path):
