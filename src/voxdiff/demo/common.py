@@ -46,8 +46,9 @@ def require_model(spec: str, task: str) -> str:
 
     spec = str(spec)
     if spec.startswith(PRETRAINED_PREFIX) and spec[len(PRETRAINED_PREFIX):] not in pretrained_names():
-        raise VoxdiffError(f"the '{task}' demo needs {spec}, which does not ship with this voxdiff yet; "
-                           f"'voxdiff demo --task translate' (the default) runs the PET denoising demo")
+        shipped = ", ".join(f"{PRETRAINED_PREFIX}{n}" for n in pretrained_names())
+        raise VoxdiffError(f"the '{task}' demo needs {spec}, which does not ship with this voxdiff yet "
+                           f"(shipped: {shipped}); 'voxdiff demo --task translate' (the default) runs the PET denoising demo")
     path = resolve_model_path(spec)
     if not spec.startswith(PRETRAINED_PREFIX) and not path.exists():
         raise VoxdiffError(f"{path}: model checkpoint not found")
