@@ -19,7 +19,7 @@ import numpy as np
 
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import atomic_write_text
-from voxdiff.io.atomic import case_name, full_suffix
+from voxdiff.io.atomic import volume_files_by_case
 
 __all__ = ["Case", "load_manifest", "scan_folder", "write_manifest", "split_cases", "SCAN_SUFFIXES"]
 
@@ -161,14 +161,7 @@ def scan_folder(root: str | os.PathLike, roles: Sequence[str], *, suffixes: Sequ
         folder = root / role
         if not folder.is_dir():
             raise VoxdiffError(f"{root}: missing role folder '{role}/' (expected {folder})")
-        files: dict[str, Path] = {}
-        for p in sorted(folder.iterdir()):
-            if p.name.startswith(".") or not p.is_file() or full_suffix(p).lower() not in suffixes:
-                continue
-            cid = case_name(p)
-            if cid in files:
-                raise VoxdiffError(f"{folder}: case '{cid}' appears twice ({files[cid].name} and {p.name})")
-            files[cid] = p
+        files = volume_files_by_case(folder, suffixes)
         if not files:
             raise VoxdiffError(f"{folder}: no volume files ({', '.join(suffixes)})")
         found[role] = files

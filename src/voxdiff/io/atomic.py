@@ -56,6 +56,23 @@ def case_name(path: str | os.PathLike) -> str:
     return path.name[: -len(suffix)] if suffix else path.name
 
 
+def volume_files_by_case(folder: Path, suffixes) -> dict[str, Path]:
+    """The files of ``folder`` with one of ``suffixes`` (case-insensitive), keyed by :func:`case_name`.
+
+    Dot files (the temporary files of interrupted atomic writes), other files and sub-folders are
+    skipped; two files of one case (``a.nii`` and ``a.nii.gz``) are refused.
+    """
+    found: dict[str, Path] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.name.startswith(".") or not p.is_file() or full_suffix(p).lower() not in suffixes:
+            continue
+        case = case_name(p)
+        if case in found:
+            raise VoxdiffError(f"{folder}: case '{case}' appears twice ({found[case].name} and {p.name})")
+        found[case] = p
+    return found
+
+
 def write_error(path: str | os.PathLike, exc: OSError) -> VoxdiffError:
     """The one-line error for an output that could not be written (disk full, quota, size limit...)."""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):

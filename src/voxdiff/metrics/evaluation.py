@@ -41,7 +41,7 @@ import numpy as np
 
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import SUPPORTED_SUFFIXES, Volume, check_same_geometry, load_volume
-from voxdiff.io.atomic import case_name, full_suffix
+from voxdiff.io.atomic import case_name, volume_files_by_case
 from voxdiff.metrics import pet as _pet
 from voxdiff.metrics.image import IMAGE_METRICS, SSIM_SIGMA, SSIM_WINDOW, image_metrics
 from voxdiff.metrics.segmentation import SEG_METRICS, segmentation_metrics
@@ -131,16 +131,7 @@ def _volumes_in(folder: Path, option: str) -> dict[str, Path]:
     """The volume files of a folder keyed by case name (dot files, other files and sub-folders skipped)."""
     if not folder.is_dir():
         raise VoxdiffError(f"{folder}: {option} is not an existing folder")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        # Dot files include the temporary files of interrupted atomic writes.
-        if p.name.startswith(".") or not p.is_file() or full_suffix(p).lower() not in SUPPORTED_SUFFIXES:
-            continue
-        case = case_name(p)
-        if case in found:
-            raise VoxdiffError(f"{folder}: case '{case}' appears twice ({found[case].name} and {p.name})")
-        found[case] = p
-    return found
+    return volume_files_by_case(folder, SUPPORTED_SUFFIXES)
 
 
 def _case_keys(stem: str) -> tuple[str, ...]:
