@@ -368,8 +368,8 @@ def markdown(report: dict) -> str:
         lines += [f"### {d} % dose: image quality and regional bias (vs the noise-free truth unless noted)", "",
                   "| method | served | n | PSNR | SSIM | NRMSE | "
                   + (f"ΔPSNR vs {ref} (paired) | ΔSSIM vs {ref} (paired) | " if ref else "")
-                  + "PSNR vs full | SSIM vs full | bias GM % | bias WM % | bias deep GM % | bias cerebellum % |",
-                  "|---|---|" + "---:|" * (10 + (2 if ref else 0))]
+                  + "PSNR vs full | SSIM vs full | bias GM % | bias WM % | bias deep GM % | bias cerebellum % | seam r=2 | seam r=4 |",
+                  "|---|---|" + "---:|" * (12 + (2 if ref else 0))]
         for n in names:
             m = s["images"][n]
             pair = (f"{_f(paired[n]['psnr'])} | {_f(paired[n]['ssim'], 3)} | " if ref else "")
@@ -377,7 +377,8 @@ def markdown(report: dict) -> str:
                          f"{bold(n, _f(m['psnr_truth']), bp)} | {bold(n, _f(m['ssim_truth'], 3), bs)} | "
                          f"{_f(m['nrmse_truth'], 3)} | {pair}"
                          f"{_f(m.get('psnr_full'))} | {_f(m.get('ssim_full'), 3)} | "
-                         + " | ".join(_f(m[f"bias_{r}"]) for r in REGIONS) + " |")
+                         + " | ".join(_f(m[f"bias_{r}"]) for r in REGIONS)
+                         + f" | {_f(m.get('seam2'), 3)} | {_f(m.get('seam4'), 3)} |")
         bins = list(s["crc"][names[0]].keys())
         t = s["crc"][names[0]]
         lines += ["", f"### {d} % dose: lesions, invented hot spots, cost", "",

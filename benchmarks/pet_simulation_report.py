@@ -138,6 +138,7 @@ def score_subject(s: Subject, fwhm: dict[str, float]) -> dict:
 
 def score_images(s: Subject, preds: dict[str, np.ndarray]) -> dict:
     """Every metric of one subject for each named image (also the race's scorer: one copy)."""
+    from voxdiff.losses import worst_seam_metric
     from voxdiff.metrics import hotspots, image_metrics, lesion_crc, regional_bias
 
     truth, full = s.images["truth"], s.images["full"]
@@ -155,6 +156,8 @@ def score_images(s: Subject, preds: dict[str, np.ndarray]) -> dict:
         if name != "full":
             m.update({f"{k}_full": v for k, v in image_metrics(img, full, s.brain).items() if k in ("psnr", "ssim", "nrmse")})
         m.update(regional_bias(img, truth, s.regions, s.lesion_map))
+        # Puzzle-grid artefacts (period 2 and 4, at the alignment that shows them most; ~1 = none).
+        m.update({f"seam{r}": worst_seam_metric(img, r)[0] for r in (2, 4)})
         row["images"][name] = m
         row["min"][name] = float(img.min())
         if lesions:

@@ -72,3 +72,24 @@ def test_seam_metric_white_noise_and_anisotropic():
     with pytest.raises(VoxdiffError):
         seam_metric(noise, 1)
     assert seam_metric(np.ones((4, 4, 4)), 2) == 1.0
+
+
+def test_worst_seam_metric_finds_a_shifted_grid():
+    from voxdiff.losses import worst_seam_metric
+
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(17, 16, 18)), axis=0), axis=1)
+    blocky = smooth.copy()
+    # A period-2 grid whose blocks start at index 1 on every axis (as padding by one voxel would leave it).
+    for axis, n in enumerate(blocky.shape):
+        step = rng.normal(scale=3.0, size=n // 2 + 2)[(np.arange(n) + 1) // 2]  # blocks {0}, {1, 2}, {3, 4}, ...
+        blocky += step.reshape([-1 if a == axis else 1 for a in range(3)])
+    aligned = seam_metric(blocky[1:, 1:, 1:], 2)
+    worst, offset = worst_seam_metric(blocky, 2)
+    assert offset == (1, 1, 1)
+    assert worst == pytest.approx(aligned, rel=0.05)
+    # Without a grid every alignment is near 1; the maximum stays close to it.
+    noise = rng.normal(size=(16, 16, 16))
+    assert 1.0 <= worst_seam_metric(noise, 2)[0] < 1.1
+    with pytest.raises(VoxdiffError):
+        worst_seam_metric(noise, 1)

@@ -92,3 +92,34 @@ def test_sliding_window_matches_shape(tmp_path):
     out = tmp_path / "sw.nii.gz"
     load_pipeline(tmp_path / "run" / "last.pt")(tmp_path / "c1_src.nii.gz", steps=1, sw_roi=8).save({"output": out})
     assert load_volume(out).shape == (16, 16, 16)
+
+
+def test_role_alternatives_train_on_every_column_and_keep_the_subject_split(tmp_path):
+    from voxdiff.io import load_volume as _load
+
+    manifest = make_pairs(tmp_path, n=4)
+    # A second source column per subject (another "dose"): twice the noise of the first.
+    lines = manifest.read_text().splitlines()
+    rows = [lines[0] + ",noisier"]
+    for line in lines[1:]:
+        case, src, tgt = line.split(",")
+        v = _load(tmp_path / src)
+        t = _load(tmp_path / tgt)
+        save_volume(t.array + 2.0 * (v.array - t.array), tmp_path / f"{case}_noisier.nii.gz", affine=v.affine)
+        rows.append(f"{line},{case}_noisier.nii.gz")
+    manifest.write_text("\n".join(rows) + "\n")
+    plain = Trainer(tiny_config(tmp_path / "a", manifest), quiet=True)
+    cfg = tiny_config(tmp_path / "b", manifest)
+    cfg["data"]["roles"] = {"source": ["source", "noisier"]}
+    mixed = Trainer(cfg, quiet=True)
+    assert mixed.split == plain.split  # subjects, not (subject, column) pairs, are split
+    train_ids = [c.id for c in mixed.train_set.cases]
+    assert len(train_ids) == 2 * len(plain.train_set.cases)
+    assert sorted(train_ids) == sorted(f"{s}:{col}" for s in mixed.split["train"] for col in ("source", "noisier"))
+    assert [c.id for c in mixed.val_set.cases] == [c.id for c in plain.val_set.cases]  # validation: the first column
+    assert mixed.val_set.cases[0].paths["source"] == plain.val_set.cases[0].paths["source"]
+    mixed.fit()
+    cfg["data"]["roles"] = {"source": ["source", "source"]}
+    cfg["train"]["out_dir"] = str(tmp_path / "c")
+    with pytest.raises(VoxdiffError, match="lists a column twice"):
+        Trainer(cfg, quiet=True)

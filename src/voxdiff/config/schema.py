@@ -434,7 +434,7 @@ NORMALIZATION = Kinds({
 
 _PATH = Opt(Str(path_like=True))
 DATA = Section({
-    "manifest": _PATH, "folder": _PATH, "roles": Map(Str()), "normalization": Map(NORMALIZATION),
+    "manifest": _PATH, "folder": _PATH, "roles": Map(Either((Str(), Seq(Str(), min_len=1)))), "normalization": Map(NORMALIZATION),
     "crop_size": Opt(TRIPLE), "samples_per_volume": Int(1), "val_fraction": FRACTION, "test_fraction": FRACTION,
     "split_seed": Int(0, SEED_LIMIT - 1), "val_cases": Int(0), "foreground_role": Opt(Str()),
     "foreground_fraction": FRACTION, "downsample": Int(1),

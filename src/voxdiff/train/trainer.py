@@ -82,6 +82,38 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def role_columns(roles_cfg: dict, task_roles) -> dict[str, list[str]]:
+    """``data.roles`` as role -> manifest columns: one column (default: the role's own name) or a list.
+
+    A list gives a role alternative sources (e.g. one low-dose column per dose): every training
+    subject then appears once per alternative, and the first column is the one validation uses.
+    """
+    out = {}
+    for role in task_roles:
+        spec = roles_cfg.get(role, role)
+        cols = [spec] if isinstance(spec, str) else list(spec)
+        if len(set(cols)) != len(cols):
+            raise VoxdiffError(f"config data.roles.{role} lists a column twice: {cols}")
+        out[role] = cols
+    return out
+
+
+def expand_alternatives(subjects: list, alternatives: dict[str, list[str]]) -> list:
+    """One training case per subject and combination of alternative columns (``id:column`` ids)."""
+    import itertools
+
+    from voxdiff.data import Case
+
+    roles = list(alternatives)
+    out = []
+    for subj in subjects:
+        for combo in itertools.product(*(alternatives[r] for r in roles)):
+            varied = [col for r, col in zip(roles, combo) if len(alternatives[r]) > 1]
+            cid = subj.id if not varied else f"{subj.id}:{'+'.join(varied)}"
+            out.append(Case(cid, {r: subj.paths[col] for r, col in zip(roles, combo)}))
+    return out
+
+
 def _stack(items: list[dict], roles: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
     out = {r: torch.stack([it[r] for it in items]).to(device=device, dtype=torch.float32) for r in roles}
     for key in ("location", "shape"):  # crop position, for tasks with coordinate channels
@@ -170,24 +202,28 @@ class Trainer:
 
         dc = self.cfg["data"]
         task = self.task
-        columns = {r: dc.get("roles", {}).get(r, r) for r in task.roles}
+        alternatives = role_columns(dc.get("roles", {}), task.roles)
+        wanted = list(dict.fromkeys(col for cols in alternatives.values() for col in cols))
         if dc.get("manifest"):
-            cases = load_manifest(dc["manifest"], roles=list(columns.values()))
+            cases = load_manifest(dc["manifest"], roles=wanted)
         elif dc.get("folder"):
-            cases = scan_folder(dc["folder"], list(columns.values()))
+            cases = scan_folder(dc["folder"], wanted)
         else:
             raise VoxdiffError("config data.manifest (or data.folder) is required for training")
-        cases = [Case(c.id, {r: c.paths[col] for r, col in columns.items()}) for c in cases]
+        # Subjects are split once, on each role's first column; alternatives never cross the split.
+        subjects = {c.id: c for c in cases}
+        cases = [Case(c.id, {r: c.paths[cols[0]] for r, cols in alternatives.items()}) for c in cases]
         split = split_cases(cases, val_fraction=float(dc["val_fraction"]),
                             test_fraction=float(dc["test_fraction"]), seed=int(dc["split_seed"]))
         self.split = {k: [c.id for c in v] for k, v in split.items()}
         if not split["train"]:
             raise VoxdiffError("the split left no training case (lower data.val_fraction / test_fraction)")
+        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives)
         norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
-        self.dataset_norm = fit_dataset_normalizers(split["train"], norm, label_roles=task.label_roles)
+        self.dataset_norm = fit_dataset_normalizers(train_cases, norm, label_roles=task.label_roles)
         common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
                       seed=self.seed, dataset_normalizers=self.dataset_norm, downsample=int(dc["downsample"]))
-        self.train_set = VolumeDataset(split["train"], crop_size=dc["crop_size"],
+        self.train_set = VolumeDataset(train_cases, crop_size=dc["crop_size"],
                                        pad_multiple=task.required_multiple,
                                        samples_per_volume=int(dc["samples_per_volume"]),
                                        foreground_role=dc.get("foreground_role"),
