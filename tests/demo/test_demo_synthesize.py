@@ -82,7 +82,7 @@ def test_synthesize_demo_writes_samples_template_checks_and_montage(tiny_synthes
 
 def test_synthesize_demo_refuses_missing_model_and_bad_options(tiny_synthesis, tmp_path, capsys):
     cases = [
-        (["--task", "synthesize"], "pretrained:ixi-synthesis"),
+        (["--task", "synthesize", "--model", "pretrained:no-such-model"], "no-such-model"),
         (["--task", "synthesize", "--samples", 0], "--samples"),
         (["--task", "synthesize", "--steps", 0], "--steps"),
         (["--task", "synthesize", "--preseg-model", tiny_synthesis], "--preseg-model"),
