@@ -47,7 +47,7 @@ from voxdiff.io import atomic_write_text, load_volume, save_volume
 from voxdiff.metrics.synthesis import describe, nearest_rmse, pairwise_rmse, wasserstein_1d
 from voxdiff.models import load_model
 from voxdiff.ops.resample import downsample_volume
-from voxdiff.ops.puzzle import crop_to, pad_spec
+from voxdiff.ops.puzzle import crop_to, pad_spec, pad_to_multiple
 
 
 def real_volume(path: Path, factor: int, ckpt: dict, role: str, shape, ref_affine) -> np.ndarray:
@@ -136,10 +136,10 @@ def histogram_plot(groups: dict[str, list[dict]], path: Path) -> None:
     tmp.replace(path)
 
 
-def denoising_profile(task, volumes: list[np.ndarray], pads, timesteps: list[int], seed: int = 0) -> list[dict]:
+def denoising_profile(task, volumes: list[np.ndarray], timesteps: list[int], seed: int = 0) -> list[dict]:
     """x0 RMSE of the model at each timestep on real volumes, padded as training padded them (their minimum)."""
-    x0 = torch.stack([torch.nn.functional.pad(torch.from_numpy(v), [p for ax in reversed(pads) for p in ax],
-                                              value=float(v.min())) for v in volumes])[:, None]
+    x0 = torch.stack([pad_to_multiple(torch.from_numpy(v), task.required_multiple, value=float(v.min()))[0]
+                      for v in volumes])[:, None]
     mean = x0.mean(dim=0, keepdim=True)
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     padded = tuple(s + a + b for s, (a, b) in zip(shape, pads))
     profile = []
     if args.profile_t:
-        profile = denoising_profile(task, real_held, pads, [int(t) for t in args.profile_t.split(",") if t.strip()], args.seed)
+        profile = denoising_profile(task, real_held, [int(t) for t in args.profile_t.split(",") if t.strip()], args.seed)
         for r in profile:
             print(f"t={r['t']}: x0 RMSE {r['x0_rmse']:.3f} (mean held-out volume {r['mean_volume_rmse']:.3f})", flush=True)
     g = torch.Generator().manual_seed(args.seed)

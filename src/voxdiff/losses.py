@@ -9,6 +9,7 @@ on a known grid, :func:`worst_seam_metric` on whichever grid alignment shows it 
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -54,6 +55,51 @@ def gradient_difference_loss(pred: torch.Tensor, target: torch.Tensor, reduction
     return sum(e.mean() for e in errs) / 3.0
 
 
+def _seam_profiles(volume: np.ndarray | torch.Tensor, factor: int | Sequence[int], name: str):
+    """Per axis with period ``r > 1``: ``(squared steps summed over the other axes, their count per step, r)``.
+
+    Every grid alignment's border and other sums follow from these 1D profiles without re-reading
+    the volume. Axes with ``r == 1`` give ``None`` (every step would be a border: no reference).
+    """
+    if isinstance(volume, torch.Tensor):
+        arr = volume.detach().to("cpu", torch.float64).numpy()
+    else:
+        arr = np.asarray(volume, dtype=np.float64)
+    if arr.ndim < 3:
+        raise VoxdiffError(f"{name} needs a 3D volume, got shape {arr.shape}")
+    rs = as_triple(factor)
+    profiles = []
+    for axis, r in zip((-3, -2, -1), rs):
+        if r == 1:
+            profiles.append(None)
+            continue
+        per = np.moveaxis(np.diff(arr, axis=axis) ** 2, axis, 0)
+        per = per.reshape(per.shape[0], -1)
+        profiles.append((per.sum(axis=1), per.shape[1], r))
+    return profiles, arr.shape[-3:], rs
+
+
+def _seam_ratio(profiles, offsets: Sequence[int]) -> float | None:
+    """Border / other mean squared step for block grids starting at ``offsets``; None without borders."""
+    b_sum = o_sum = 0.0
+    b_n = o_n = 0
+    for p, off in zip(profiles, offsets):
+        if p is None:
+            continue
+        prof, width, r = p
+        border = (np.arange(prof.size) + 1 - off) % r == 0
+        b_sum += float(prof[border].sum())
+        o_sum += float(prof[~border].sum())
+        b_n += int(border.sum()) * width
+        o_n += int((~border).sum()) * width
+    if b_n == 0 or o_n == 0:
+        return None
+    border_mean, other_mean = b_sum / b_n, o_sum / o_n
+    if other_mean == 0.0:
+        return 1.0 if border_mean == 0.0 else float("inf")
+    return border_mean / other_mean
+
+
 def seam_metric(volume: np.ndarray | torch.Tensor, factor: int | Sequence[int]) -> float:
     """Blockiness at puzzle period ``factor``: mean squared step across block borders / elsewhere.
 
@@ -62,32 +108,11 @@ def seam_metric(volume: np.ndarray | torch.Tensor, factor: int | Sequence[int]) 
     ``mean(border diff^2) / mean(other diff^2)`` pooled over axes: about 1 for natural images,
     clearly above 1 for grid artefacts. Accepts numpy or torch, (D, H, W) or (..., D, H, W).
     """
-    if isinstance(volume, torch.Tensor):
-        arr = volume.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(volume, dtype=np.float64)
-    if arr.ndim < 3:
-        raise VoxdiffError(f"seam_metric needs a 3D volume, got shape {arr.shape}")
-    rs = as_triple(factor)
-    border_sum = other_sum = 0.0
-    border_n = other_n = 0
-    for axis, r in zip((-3, -2, -1), rs):
-        if r == 1:
-            continue  # every step is a border: no reference to compare against
-        d2 = np.diff(arr, axis=axis) ** 2
-        idx = np.arange(d2.shape[axis])
-        is_border = (idx + 1) % r == 0
-        moved = np.moveaxis(d2, axis, 0)
-        border_sum += float(moved[is_border].sum())
-        other_sum += float(moved[~is_border].sum())
-        border_n += int(moved[is_border].size)
-        other_n += int(moved[~is_border].size)
-    if border_n == 0 or other_n == 0:
-        raise VoxdiffError(f"seam_metric: volume of shape {arr.shape[-3:]} has no block borders for factor {rs}")
-    border, other = border_sum / border_n, other_sum / other_n
-    if other == 0.0:
-        return 1.0 if border == 0.0 else float("inf")
-    return border / other
+    profiles, shape, rs = _seam_profiles(volume, factor, "seam_metric")
+    ratio = _seam_ratio(profiles, (0, 0, 0))
+    if ratio is None:
+        raise VoxdiffError(f"seam_metric: volume of shape {shape} has no block borders for factor {rs}")
+    return ratio
 
 
 def worst_seam_metric(volume: np.ndarray | torch.Tensor, factor: int | Sequence[int]) -> tuple[float, tuple[int, int, int]]:
@@ -98,49 +123,14 @@ def worst_seam_metric(volume: np.ndarray | torch.Tensor, factor: int | Sequence[
     axis is tried (block borders between ``i`` and ``i+1`` where ``(i + 1 - offset) % r == 0``).
     For a volume without a grid the maximum of the ``r^3`` ratios sits slightly above 1.
     """
-    if isinstance(volume, torch.Tensor):
-        arr = volume.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(volume, dtype=np.float64)
-    if arr.ndim < 3:
-        raise VoxdiffError(f"worst_seam_metric needs a 3D volume, got shape {arr.shape}")
-    rs = as_triple(factor)
-    # Per axis, the squared differences summed over everything but that axis: one profile per axis,
-    # from which every alignment's border and other sums follow without re-reading the volume.
-    profiles = []
-    for axis, r in zip((-3, -2, -1), rs):
-        if r == 1:
-            profiles.append(None)
-            continue
-        d2 = np.diff(arr, axis=axis) ** 2
-        moved = np.moveaxis(d2, axis, 0)
-        per = moved.reshape(moved.shape[0], -1)
-        profiles.append((per.sum(axis=1), per.shape[1], r))
+    profiles, shape, rs = _seam_profiles(volume, factor, "worst_seam_metric")
     if all(p is None for p in profiles):
         raise VoxdiffError(f"worst_seam_metric: factor {rs} has no period above 1")
-    offset_lists = [range(p[2]) if p is not None else (0,) for p in profiles]
-    best, best_off = -1.0, (0, 0, 0)
-    for o0 in offset_lists[0]:
-        for o1 in offset_lists[1]:
-            for o2 in offset_lists[2]:
-                b_sum = o_sum = 0.0
-                b_n = o_n = 0
-                for p, off in zip(profiles, (o0, o1, o2)):
-                    if p is None:
-                        continue
-                    prof, width, r = p
-                    idx = np.arange(prof.size)
-                    border = (idx + 1 - off) % r == 0
-                    b_sum += float(prof[border].sum())
-                    o_sum += float(prof[~border].sum())
-                    b_n += int(border.sum()) * width
-                    o_n += int((~border).sum()) * width
-                if b_n == 0 or o_n == 0:
-                    continue
-                border_mean, other_mean = b_sum / b_n, o_sum / o_n
-                ratio = (1.0 if border_mean == 0.0 else float("inf")) if other_mean == 0.0 else border_mean / other_mean
-                if ratio > best:
-                    best, best_off = ratio, (o0, o1, o2)
-    if best < 0:
-        raise VoxdiffError(f"worst_seam_metric: volume of shape {arr.shape[-3:]} has no block borders for factor {rs}")
-    return best, best_off
+    best, best_off = None, (0, 0, 0)
+    for offsets in itertools.product(*(range(r) for r in rs)):
+        ratio = _seam_ratio(profiles, offsets)
+        if ratio is not None and (best is None or ratio > best):
+            best, best_off = ratio, tuple(int(o) for o in offsets)
+    if best is None:
+        raise VoxdiffError(f"worst_seam_metric: volume of shape {shape} has no block borders for factor {rs}")
+    return best, best_off  # type: ignore[return-value]

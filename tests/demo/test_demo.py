@@ -27,17 +27,23 @@ TRAINING_ONLY = ("optimizer", "scaler", "rng", "ema")
 TISSUE_SIM = {"fwhm_mm": 5.0, "dose_fraction": 0.05, "mean_brain_counts": 200.0, "head_margin_mm": 10.0}
 
 
-def test_pretrained_pet_denoise_loads_with_weights_only():
-    path = resolve_model_path("pretrained:pet-denoise")
-    assert "pet-denoise" in pretrained_names()
+def _shipped(name: str, task: str):
+    """A shipped model's raw file and its rebuilt task: under 20 MB, no training state, EMA float32 weights."""
+    path = resolve_model_path(f"pretrained:{name}")
+    assert name in pretrained_names()
     assert path.stat().st_size < 20e6
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert not set(TRAINING_ONLY) & set(raw), "an exported model carries no training state"
-    assert raw["export"]["weights"] == "ema" and raw["task"] == "translation"
-    task, ckpt = load_model("pretrained:pet-denoise", task="translation")
-    params = list(task.parameters())
+    assert raw["export"]["weights"] == "ema" and raw["task"] == task
+    model, ckpt = load_model(f"pretrained:{name}", task=task)
+    params = list(model.parameters())
     assert sum(p.numel() for p in params) == raw["export"]["parameters"]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
+    return model, ckpt
+
+
+def test_pretrained_pet_denoise_loads_with_weights_only():
+    task, ckpt = _shipped("pet-denoise", "translation")
     assert ckpt["config"]["model"]["puzzle_factor"] == 2 and ckpt["config"]["inference"]["steps"] == 5
     # Trained on the projection-domain simulation the demo uses (5 % dose -> full dose).
     assert ckpt["normalization"]["source"]["mode"] == "percentile"
@@ -45,12 +51,7 @@ def test_pretrained_pet_denoise_loads_with_weights_only():
 
 
 def test_pretrained_pet_denoise_anydose_loads_and_lists_its_doses():
-    path = resolve_model_path("pretrained:pet-denoise-anydose")
-    assert path.stat().st_size < 20e6
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert not set(TRAINING_ONLY) & set(raw) and raw["task"] == "translation"
-    task, ckpt = load_model("pretrained:pet-denoise-anydose", task="translation")
-    assert all(torch.isfinite(p).all() for p in task.parameters())
+    task, ckpt = _shipped("pet-denoise-anydose", "translation")
     # Trained on four doses at once, split by subject like pet-denoise (the same held-out subjects).
     assert ckpt["config"]["data"]["roles"]["source"] == ["low_5", "low_1", "low_10", "low_25"]
     _, other = load_model("pretrained:pet-denoise", task="translation")
@@ -58,11 +59,7 @@ def test_pretrained_pet_denoise_anydose_loads_and_lists_its_doses():
 
 
 def test_pretrained_ixi_synthesis_loads_and_samples_on_its_grid():
-    path = resolve_model_path("pretrained:ixi-synthesis")
-    assert path.stat().st_size < 20e6
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert not set(TRAINING_ONLY) & set(raw) and raw["task"] == "synthesis"
-    task, ckpt = load_model("pretrained:ixi-synthesis", task="synthesis")
+    task, ckpt = _shipped("ixi-synthesis", "synthesis")
     assert ckpt["config"]["model"]["backbone"]["kind"] == "invertible"
     assert ckpt["config"]["model"]["process"]["prediction_type"] == "v"
     assert ckpt["config"]["data"]["downsample"] == 2 and list(ckpt["reference_geometry"]["shape"]) == [60, 60, 45]
