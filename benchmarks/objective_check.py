@@ -40,16 +40,19 @@ def loss_curve(config: str, *, steps: int, size: int, every: int, seed: int = 0,
 
     cfg = load_config(config)
     model = dict(cfg["model"])
+    lr = float(cfg["train"]["lr"])
     for key, value in (overrides or {}).items():
         if key == "prediction_type":
             model["process"] = {**model.get("process", {}), "prediction_type": value}
         elif key == "base_channels":
             model["backbone"] = {**model.get("backbone", {}), "base_channels": int(value)}
+        elif key == "lr":
+            lr = float(value)
         else:
-            raise SystemExit(f"--config {config}: unknown override {key} (prediction_type, base_channels)")
+            raise SystemExit(f"--config {config}: unknown override {key} (prediction_type, base_channels, lr)")
     torch.manual_seed(seed)
     task = build_task(cfg["task"], model)
-    opt = torch.optim.AdamW(task.parameters(), lr=float(cfg["train"]["lr"]))
+    opt = torch.optim.AdamW(task.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for step in range(steps + 1):
@@ -66,7 +69,7 @@ def loss_curve(config: str, *, steps: int, size: int, every: int, seed: int = 0,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", required=True,
-                    help="translation config, optionally :prediction_type=x0,base_channels=32 (repeatable)")
+                    help="translation config, optionally :prediction_type=x0,base_channels=32,lr=1e-4 (repeatable)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--size", type=int, default=48, help="crop edge (a multiple of the network's)")
     ap.add_argument("--every", type=int, default=20)

@@ -25,3 +25,15 @@ def test_demo(options, words, capsys, tmp_path):
     for word in words:
         assert word in line, (word, line)
     assert listing(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+def test_demo_keeps_an_earlier_demo_unless_overwrite(capsys, tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": true}\n')
+    line = assert_user_error(*run_main(["demo", "--size", "small", "-k", "1", "-n", "1", "--out-dir", out], capsys))
+    assert "metrics.json" in line and "--overwrite" in line, line
+    assert listing(out) == ["metrics.json"] and (out / "metrics.json").read_text() == '{"earlier": true}\n'
+    code, _, err = run_main(["demo", "--size", "small", "-k", "1", "-n", "1", "--out-dir", out, "--overwrite"], capsys)
+    assert code == 0, err
+    assert '"earlier"' not in (out / "metrics.json").read_text() and (out / "ppdm.nii.gz").is_file()

@@ -37,6 +37,7 @@ def demo(
     start_step: Optional[int] = typer.Option(None, "--start-step", "-t", help="segment: t', where the pre-segmentation enters the chain (default: the model's)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="synthesize: dpmsolver++ (default) | ddim | ddpm."),
     size: str = typer.Option("full", "--size", hidden=True, help="full (whole head) or small (a 32^3 crop, for tests)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier demo in --out-dir (refused otherwise)."),
 ) -> None:
     """Show a shipped model at work on the MNI152 template inside nilearn (no data, no network).
 
@@ -66,7 +67,7 @@ def demo(
 
     names = {"translate": DEMO_FILES, "segment": SEGMENT_FILES}.get(task) or synthesis_files(max(int(samples), 1))
     check_path_plan({"--model": checkpoint_file(model), "--preseg-model": checkpoint_file(preseg_model)},
-                    {"--out-dir": [out_dir / n for n in names]})
+                    {"--out-dir": [out_dir / n for n in names]}, existing=None if overwrite else "--overwrite")
     summary = run_demo(out_dir, task=task, steps=steps, samples=samples, seed=seed,
                        crop=32 if size == "small" else None, model=model, preseg_model=preseg_model,
                        start_step=start_step, sampler=sampler, console=console)
