@@ -56,3 +56,16 @@ def test_make_labels_unwritable_out_dir(where, parcellations, capsys, tmp_path):
     assert_user_error(*run_main(["make-labels", "--labels-dir", parcellations / "good", "--images-dir",
                                  parcellations / "t1", "--preset", "tissue", "--out-dir", out], capsys), "notes.txt")
     assert listing(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+def test_make_labels_refuses_two_files_of_one_case(parcellations, capsys, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"  # the label tables lie beside the labels folder
+    shutil.copytree(parcellations, root)
+    labels = root / "good"
+    shutil.copy(labels / "a.nii.gz", labels / "a.nii")  # not a real .nii, but it is never read: refused first
+    line = assert_user_error(*run_main(["make-labels", "--labels-dir", labels, "--images-dir", root / "t1",
+                                        "--preset", "tissue", "--out-dir", tmp_path / "seg"], capsys))
+    assert "'a'" in line and "a.nii" in line and "a.nii.gz" in line and "twice" in line, line
+    assert not (tmp_path / "seg").exists()

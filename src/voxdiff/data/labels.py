@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from voxdiff.errors import VoxdiffError
-from voxdiff.io.atomic import case_name
+from voxdiff.io.atomic import volume_files_by_case
 
 SINGLE_LABELS_CSV = "muse_single_labels.csv"
 DERIVED_MAPPING_CSV = "muse_derived_mapping.csv"
@@ -226,8 +226,7 @@ def composite_label_map(labels: np.ndarray, classes: Sequence[ClassSpec] | Label
 def _volume_files(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise VoxdiffError(f"{folder}: {what} folder not found")
-    files = {case_name(p): p for p in sorted(folder.iterdir())
-             if p.is_file() and not p.name.startswith(".") and p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))}
+    files = volume_files_by_case(folder, (".nii.gz", ".nii", ".mha", ".nrrd"))
     if not files:
         raise VoxdiffError(f"{folder}: no volume files (.nii.gz, .nii, .mha, .nrrd) in the {what} folder")
     return files
