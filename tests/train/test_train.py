@@ -123,3 +123,15 @@ def test_role_alternatives_train_on_every_column_and_keep_the_subject_split(tmp_
     cfg["train"]["out_dir"] = str(tmp_path / "c")
     with pytest.raises(VoxdiffError, match="lists a column twice"):
         Trainer(cfg, quiet=True)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(tmp_path, capsys, monkeypatch, fast):
+    from voxdiff.train import trainer as trainer_mod
+
+    assert isinstance(trainer_mod.cpu_bf16_is_fast(), bool)  # the real probe answers on any build
+    monkeypatch.setattr(trainer_mod, "cpu_bf16_is_fast", lambda: fast)
+    manifest = make_pairs(tmp_path)
+    Trainer(tiny_config(tmp_path, manifest, steps=1, val_every=0, precision="bf16"), quiet=False).fit()
+    out = capsys.readouterr().out
+    assert out.count("slower than fp32") == (0 if fast else 1), out
