@@ -293,5 +293,8 @@ def test_objective_check_learns_a_small_denoiser(tmp_path):
     assert mod.loss_curve(str(cfg), steps=3, size=16, every=1, overrides={"prediction_type": "residual"}) == rows[:4]
     first, last = np.mean([r["loss"] for r in rows[:8]]), np.mean([r["loss"] for r in rows[-8:]])
     assert last < 0.95 * first  # 0.090 -> 0.082 for this tiny residual model
+    # lr overrides the config's: the same first loss (same init and data), another second one.
+    other = mod.loss_curve(str(cfg), steps=1, size=16, every=1, overrides={"prediction_type": "residual", "lr": "1e-5"})
+    assert other[0]["loss"] == rows[0]["loss"] and other[1]["loss"] != rows[1]["loss"]
     with pytest.raises(SystemExit, match="unknown override"):
-        mod.loss_curve(str(cfg), steps=1, size=16, every=1, overrides={"lr": "1"})
+        mod.loss_curve(str(cfg), steps=1, size=16, every=1, overrides={"depth": "1"})
