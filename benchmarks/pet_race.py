@@ -215,6 +215,10 @@ def run_folder_info(path: str, step: int, out_dir: str | None = None) -> dict:
     if not rows:
         return info
     steps = [int(r["step"]) for r in rows]
+    if step - steps[-1] > max(50, step // 100):
+        # Not this checkpoint's log: another run now writes to the folder its config names
+        # (e.g. a shipped model retrained into the same out_dir, with fewer steps so far).
+        return info
     sec = [float(r["sec_per_step"]) for r in rows]
     # Each logged row times one step; the steps between two rows are taken to cost the same.
     compute = sum(s * (b - a) for s, a, b in zip(sec, [0] + steps[:-1], steps))
