@@ -253,9 +253,10 @@ class TrainedMethod:
         if sorted(split.get("test", [])) != sorted(test):
             raise SystemExit(f"--model {self.name}: {self.path} was trained with another test split "
                              f"({len(split.get('test', []))} test cases) than the race's {len(test)}")
-        source = (cfg["data"].get("roles") or {}).get("source", "source")
-        if isinstance(source, list):  # a model trained on several doses: its first column (validation's)
-            source = source[0]
+        from voxdiff.train.trainer import role_columns
+
+        # A model trained on several doses lists several columns: its first one is validation's.
+        source = role_columns(cfg["data"].get("roles") or {}, ("source",))["source"][0]
         # low_5 -> 5; nac_low_5 (the joint NAC -> AC task) -> 5 as well: --input picks the image family.
         self.dose = str(self.options.pop("dose", source.rsplit("low_", 1)[1] if "low_" in source else "5"))
         self.downsample = int(cfg["data"].get("downsample", 1))

@@ -409,7 +409,7 @@ class Trainer:
             self.tb = TensorBoardLog.open(self.out_dir / "tb", start_step=self.step, quiet=self.quiet)
         if (tr["precision"] == "bf16" and self.info.device.type == "cpu" and self.info.is_main and not self.quiet
                 and not cpu_bf16_is_fast()):
-            # Measured on an AVX2-only CPU: a UNet step 8-47x slower under bf16 autocast than in fp32.
+            # Measured on an AVX2-only CPU: a PPDM step 14.6x slower under bf16 autocast than in fp32.
             print("warning: train.precision bf16 on a CPU without native bf16 (AVX512-BF16/AMX) is much slower "
                   "than fp32; it only saves memory here")
         t0 = time.time()
