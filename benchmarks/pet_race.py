@@ -26,7 +26,8 @@ a ``<case>_pet.json``):
    a reference row: what a user has), ``gaussian``, ``bm4d`` and any number of checkpoints
    ``NAME=PATH[:key=value,...]`` (keys: ``steps``, ``samples``, ``sampler``, ``eta``, ``seed``,
    ``sw_roi`` (an edge, or ``crop`` = the training crop size), ``dose``; default dose: the dose of
-   the checkpoint's ``data.roles.source``). Checkpoints are served through
+   the checkpoint's ``data.roles.source``; a model with a ``dose`` condition is given that dose, in
+   percent, unless ``blind=1``). Checkpoints are served through
    :func:`voxdiff.pipelines.load_pipeline` exactly as ``voxdiff translate`` serves them (whole
    volume unless ``sw_roi``); the row says which.
 4. **Scores** per dose (``--doses``), mean ± sd over the test subjects: PSNR / SSIM / NRMSE vs truth
@@ -66,7 +67,8 @@ import pet_simulation_report as psr
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN = ("identity", "full", "gaussian", "bm4d")
-MODEL_KEYS = {"steps": int, "samples": int, "sampler": str, "eta": float, "seed": int, "sw_roi": str, "dose": str}
+MODEL_KEYS = {"steps": int, "samples": int, "sampler": str, "eta": float, "seed": int, "sw_roi": str, "dose": str,
+              "blind": int}
 REGIONS = ("gm", "wm", "deep_gm", "cerebellum")
 
 
@@ -260,6 +262,11 @@ class TrainedMethod:
         # low_5 -> 5; nac_low_5 (the joint NAC -> AC task) -> 5 as well: --input picks the image family.
         self.dose = str(self.options.pop("dose", source.rsplit("low_", 1)[1] if "low_" in source else "5"))
         self.downsample = int(cfg["data"].get("downsample", 1))
+        blind = bool(self.options.get("blind", 0))
+        names = self.pipe.task.conditions.names
+        if names and set(names) != {"dose"}:
+            raise SystemExit(f"--model {self.name}: the race can give a 'dose' condition only, not {', '.join(names)}")
+        self.conditions = {"dose": float(self.dose)} if names and not blind else None
         roi = self.options.pop("sw_roi", None)
         crop = cfg["data"]["crop_size"]
         self.sw_roi = None if roi is None else (tuple(crop) if roi == "crop" and isinstance(crop, list)
@@ -267,6 +274,7 @@ class TrainedMethod:
         opts = ",".join(f"{k}={v}" for k, v in sorted({**self.options, "sw_roi": self.sw_roi}.items()))
         self.cache_key = f"{self.name}-step{int(self.pipe.checkpoint.get('step', 0))}-{opts}".replace("/", "_").replace(" ", "")
         self.info = {"kind": "checkpoint", "path": self.path, "task": self.pipe.name, "dose": self.dose,
+                     "conditions": self.conditions or ("blind" if names else None),
                      "options": {**self.options, "sw_roi": self.sw_roi},
                      "served": f"sliding windows {self.sw_roi}" if self.sw_roi else "whole volume",
                      "steps_trained": int(self.pipe.checkpoint.get("step", 0)),
@@ -278,7 +286,9 @@ class TrainedMethod:
         """The prediction for one low-dose volume, in its units."""
         from voxdiff.io import Volume
 
-        out = self.pipe(Volume(array=low.astype(np.float32), affine=affine), sw_roi=self.sw_roi, **self.options)
+        opts = {k: v for k, v in self.options.items() if k != "blind"}
+        out = self.pipe(Volume(array=low.astype(np.float32), affine=affine), sw_roi=self.sw_roi,
+                        conditions=self.conditions, **opts)
         self.info["schedule"] = {k: v for k, v in out.info.items() if k not in ("model", "seconds")}
         return np.asarray(out["output"].array, dtype=np.float64)
 

@@ -32,6 +32,7 @@ def translate(
     seed: int = typer.Option(0, "--seed", help="Random seed (stochastic sampling); every case uses it."),
     eta: Optional[float] = typer.Option(None, "--eta", help="Sampler stochasticity: 0 deterministic, 1 fully stochastic."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help=SAMPLER_HELP),
+    condition: Optional[list[str]] = typer.Option(None, "--condition", help="A scalar condition the model was trained with, NAME=VALUE (e.g. dose=5 for the percent of full dose); repeatable. Without it, a model trained with condition dropout runs blind."),
     units: Optional[str] = INFERENCE_OPTIONS["units"](),
     series_uid: Optional[str] = INFERENCE_OPTIONS["series_uid"](),
     output_format: str = INFERENCE_OPTIONS["output_format"](),
@@ -57,11 +58,13 @@ def translate(
     """
     from voxdiff.errors import VoxdiffError
     from voxdiff.pipelines import load_pipeline, predict_cases
+    from voxdiff.tasks.conditions import parse_conditions
 
     if uncertainty is not None and samples < 2:
         raise VoxdiffError("--uncertainty needs --samples 2 or more (the std over stochastic samples)")
     part, dev = command_part(part_id, num_parts, device)
-    options = dict(steps=steps, samples=samples, seed=seed, eta=eta, sampler=sampler, sw_roi=sw_roi, units=units, series_uid=series_uid)
+    options = dict(steps=steps, samples=samples, seed=seed, eta=eta, sampler=sampler, sw_roi=sw_roi, units=units,
+                   series_uid=series_uid, conditions=parse_conditions(condition))
     outputs = {"output": output, "std": uncertainty}
     res = predict_cases(lambda: load_pipeline(model, device=dev, task=translate_tasks()), input, outputs,
                         options=options, output_options={"output": "--output", "std": "--uncertainty"},

@@ -438,6 +438,8 @@ DATA = Section({
     "crop_size": Opt(TRIPLE), "samples_per_volume": Int(1), "val_fraction": FRACTION, "test_fraction": FRACTION,
     "split_seed": Int(0, SEED_LIMIT - 1), "val_cases": Int(0), "foreground_role": Opt(Str()),
     "foreground_fraction": FRACTION, "downsample": Int(1),
+    # Scalar conditions of the model (model.conditions): a manifest column, or a value per alternative column.
+    "conditions": Map(Either((Str(), Map(Num())))),
 }, rule=lambda s: (f"val_fraction + test_fraction must be below 1, got {s.get('val_fraction', 0.1):g} + "
                    f"{s.get('test_fraction', 0.0):g}" if s.get("val_fraction", 0.1) + s.get("test_fraction", 0.0) >= 1 else None), rule_key="val_fraction")
 

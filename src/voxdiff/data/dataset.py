@@ -119,6 +119,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         atol: affine tolerance (mm) between the roles of a case.
         downsample: integer factor to block-average volumes by after loading (cheap CPU trials,
             e.g. synthesis at 4 mm from 2 mm data); 1 keeps the native grid.
+        conditions: names of scalar conditions read from each case's ``meta`` (numbers, e.g. a
+            dose); items then carry them as ``item["conditions"]`` (float64, one per name).
 
     Padding uses the normalised background of each image role (the minimum of its normalised
     volume, e.g. -1 for a clipped range scaler) and 0 for labels.
@@ -142,6 +144,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         label_dtype: torch.dtype = torch.float32,
         atol: float = 1e-3,
         downsample: int = 1,
+        conditions: Sequence[str] = (),
     ) -> None:
         self.cases = list(cases)
         if not self.cases:
@@ -178,10 +181,26 @@ class VolumeDataset(torch.utils.data.Dataset):
         if not (isinstance(downsample, int) and downsample >= 1):
             raise VoxdiffError(f"downsample must be a positive integer, got {downsample!r}")
         self.downsample = downsample
+        self.conditions = tuple(conditions)
+        self._values = [self._condition_values(c) for c in self.cases]
         self._cache: dict[int, _Prepared] = {}
 
     def __len__(self) -> int:
         return len(self.cases) * self.samples_per_volume
+
+    def _condition_values(self, case: Case) -> torch.Tensor | None:
+        if not self.conditions:
+            return None
+        out = []
+        for name in self.conditions:
+            raw = case.meta.get(name)
+            if raw is None or str(raw).strip() == "":
+                raise VoxdiffError(f"case '{case.id}' has no value for the condition '{name}'")
+            try:
+                out.append(float(raw))
+            except ValueError:
+                raise VoxdiffError(f"case '{case.id}': condition '{name}' is not a number: '{raw}'") from None
+        return torch.tensor(out, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose crops the next items use (call before each epoch)."""
@@ -288,6 +307,9 @@ class VolumeDataset(torch.utils.data.Dataset):
                 t = cropper(t)
             item[role] = self._finish(role, t)
         item["case"] = case.id
+        values = self._values[index // self.samples_per_volume]
+        if values is not None:
+            item["conditions"] = values.clone()
         item["location"] = torch.tensor([s - b for s, b in zip(start, before)], dtype=torch.long)
         item["shape"] = torch.tensor(prep.shape, dtype=torch.long)
         return item

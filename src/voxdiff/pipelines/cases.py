@@ -67,6 +67,7 @@ def predict_cases(load: Callable[[], Pipeline], input_path: Path, outputs: Mappi
             check_writable_dir(path)
         pipe = load()
         pipe.check_outputs(wanted, int(options.get("samples", 1)), output_options)
+        pipe.task.condition_vector(options.get("conditions"))   # a bad --condition fails before any work
         job = jobs[0]
         with (progress_factory() if progress_factory else _no_progress()) as prog:
             result = pipe(job.input, start=job.extra_inputs.get(start_name), progress=prog, **options)
@@ -78,6 +79,7 @@ def predict_cases(load: Callable[[], Pipeline], input_path: Path, outputs: Mappi
         prepare_output_folders(mine)
         pipe = load()
         pipe.check_outputs({k: p for k, p in mine[0].outputs.items()}, int(options.get("samples", 1)), output_options)
+        pipe.task.condition_vector(options.get("conditions"))
 
     def run_one(job) -> None:
         assert pipe is not None

@@ -257,16 +257,19 @@ class Pipeline:
                  eta: float | None = None, sampler: str | None = None, start_step: int | None = None,
                  mode: str | None = None, affine: Any = None, sw_roi: int | None = None,
                  max_voxels: int | None = None, progress: Progress | None = None, units: str | None = None,
-                 series_uid: str | None = None) -> PipelineOutput:
+                 series_uid: str | None = None, conditions: Mapping[str, float] | None = None) -> PipelineOutput:
         """Predict on one case; see the class docstring. ``generator`` (else ``seed``) drives every random draw.
 
         ``units`` / ``series_uid`` apply to inputs given as paths (DICOM: ``units="suv"`` reads a PET
-        series as SUV body-weight; outputs are written back in the stored units).
+        series as SUV body-weight; outputs are written back in the stored units). ``conditions``: the
+        scalar conditions a model was trained with (e.g. ``{"dose": 5}``); a model trained with
+        condition dropout also runs without them (blind).
         """
         from voxdiff.tasks.inference import predict_volume
 
         t0 = time.perf_counter()
         sched = self.schedule(steps=steps, samples=samples, eta=eta, sampler=sampler, start_step=start_step, mode=mode)
+        cond_vec = self.task.condition_vector(conditions)
         vols = self._inputs(inputs, affine, {"units": units, "series_uid": series_uid})
         like = next(iter(vols.values())) if vols else None
         start_t, extra_nfe = self._start(start, like, sched, progress, {"max_voxels": max_voxels, "sw_roi": sw_roi})
@@ -282,6 +285,8 @@ class Pipeline:
         kwargs: dict[str, Any] = {}
         if sched.sampler is not None:
             kwargs["sampler"] = sched.sampler
+        if cond_vec is not None:
+            kwargs["conditions"] = cond_vec
         if like is None:
             geo = self.checkpoint.get("reference_geometry")
             if not geo:
@@ -297,6 +302,8 @@ class Pipeline:
         out = self.task.finalize(out)
         volumes = self._to_volumes(out, like, norms.get(self.task.output_role), sched.samples)
         info = {"task": self.name, "model": self.path, **sched.info(), "seconds": round(time.perf_counter() - t0, 3)}
+        if self.task.conditions.names:
+            info["conditions"] = dict(conditions or {}) or "blind"
         info["nfe"] += extra_nfe
         return PipelineOutput(volumes, info, {n: self.task.outputs[n].kind for n in volumes})
 

@@ -142,6 +142,14 @@ class Task(nn.Module):
     def __init__(self, model_cfg: dict) -> None:
         super().__init__()
         self.model_cfg = dict(model_cfg)
+        from voxdiff.tasks.conditions import ScalarConditions
+
+        #: Scalar conditions the network takes beside its images (none unless a task builds them).
+        self.conditions = ScalarConditions({})
+
+    def condition_vector(self, given: Mapping[str, Any] | None) -> torch.Tensor | None:
+        """User-given scalar conditions validated against the model's (None: none given / none taken)."""
+        return self.conditions.vector(given, model=f"this {self.name} model")
 
     @property
     def required_multiple(self) -> int:

@@ -7,12 +7,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from voxdiff.config.schema import Int, Num, diffusion_model
+from voxdiff.config.schema import FRACTION, Int, Map, Num, Str, diffusion_model
 from voxdiff.diffusion.base import sample_loop
 from voxdiff.diffusion.factory import build_process
 from voxdiff.losses import gradient_difference_loss
 from voxdiff.nets.factory import build_network
 from voxdiff.tasks.base import Generators, Schedule, Task, draw_timesteps, randn
+from voxdiff.tasks.conditions import TRANSFORMS, ScalarConditions
 
 #: Default bridge stochasticity when several samples are averaged (deterministic samples would all agree).
 ENSEMBLE_ETA = 0.3
@@ -24,6 +25,9 @@ DEFAULT_MODEL: dict[str, Any] = {
     "puzzle_factor": 2,
     "gradient_loss_weight": 0.1,
     "channels": 1,
+    # Scalar conditions (name -> transform, e.g. {dose: log}); values come from data.conditions.
+    "conditions": {},
+    "condition_dropout": 0.0,
 }
 
 
@@ -39,7 +43,8 @@ class TranslationTask(Task):
     roles = ("source", "target")
     input_roles = ("source",)
     output_role = "target"
-    model_schema = diffusion_model("bridge", gradient_loss_weight=Num(0.0), channels=Int(1))
+    model_schema = diffusion_model("bridge", gradient_loss_weight=Num(0.0), channels=Int(1),
+                                   conditions=Map(Str(TRANSFORMS)), condition_dropout=FRACTION)
 
     def __init__(self, model_cfg: dict) -> None:
         from voxdiff.config import deep_merge
@@ -48,7 +53,8 @@ class TranslationTask(Task):
         super().__init__(cfg)
         self.process = build_process(cfg["process"])
         c = int(cfg["channels"])
-        self.net = build_network(cfg["backbone"], in_channels=c, cond_channels=c, out_channels=c,
+        self.conditions = ScalarConditions(cfg["conditions"], float(cfg["condition_dropout"]))
+        self.net = build_network(cfg["backbone"], in_channels=c, cond_channels=c + self.conditions.channels, out_channels=c,
                                  puzzle_factor=cfg["puzzle_factor"])
         self.grad_weight = float(cfg["gradient_loss_weight"])
 
@@ -60,7 +66,8 @@ class TranslationTask(Task):
         t = draw_timesteps(p, b, generator, x0.device)
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = p.add_noise(x0, noise, t, source=y)
-        out = self.net(x_t, t, cond=y)
+        feats = self.conditions.encode(batch.get("conditions"), b, generator=generator, drop=True)
+        out = self.net(x_t, t, cond=self._cond(y, feats))
         target = p.training_target(x0, noise, t, source=y)
         mse = F.mse_loss(out.float(), target.float())
         logs = {"mse": float(mse.detach())}
@@ -72,18 +79,25 @@ class TranslationTask(Task):
             logs["grad"] = float(gdl.detach())
         return loss, logs
 
+    def _cond(self, source: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The network's conditioning: the source, then the scalar conditions as constant channels."""
+        if not self.conditions.channels:
+            return source
+        return torch.cat([source, self.conditions.maps(feats, source)], dim=1)
+
     @torch.no_grad()
     def predict(self, inputs: dict[str, torch.Tensor], *, steps: int, generator: torch.Generator | None = None,
                 samples: int = 1, eta: float | None = None, sampler: str | None = None, progress=None,
-                **_: Any) -> dict[str, torch.Tensor]:
+                conditions: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
         """Sample the target from ``inputs["source"]`` (``sampler``: a registered name, None = the checkpoint's);
-        with ``samples > 1`` also the voxel std."""
+        with ``samples > 1`` also the voxel std. ``conditions``: (B, n) raw values, None = blind."""
         y = inputs["source"]
         b = y.shape[0]
         ys = y.repeat_interleave(samples, dim=0) if samples > 1 else y
+        cond = self._cond(ys, self.conditions.encode(conditions, b))
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.net(x, t, cond=ys)
+            return self.net(x, t, cond=cond)
 
         x = sample_loop(model_fn, self.process, tuple(ys.shape), steps=steps, source=ys, generator=generator,
                         eta=eta, sampler=sampler, device=y.device, dtype=y.dtype, progress=progress)

@@ -106,8 +106,33 @@ def role_columns(roles_cfg: dict, task_roles) -> dict[str, list[str]]:
     return out
 
 
-def expand_alternatives(subjects: list, alternatives: dict[str, list[str]]) -> list:
-    """One training case per subject and combination of alternative columns (``id:column`` ids)."""
+def condition_meta(subject, columns: list[str], spec: dict) -> dict[str, str]:
+    """The scalar conditions (``data.conditions``) of one subject read through ``columns`` (one per role).
+
+    A condition is either a manifest column of numbers (its name as a string) or a mapping
+    column -> value over the alternative columns of a role (e.g. ``{low_5: 5, low_1: 1}``).
+    """
+    out = {}
+    for name, source in spec.items():
+        if isinstance(source, str):
+            if source not in subject.meta:
+                raise VoxdiffError(f"config data.conditions.{name} names the manifest column '{source}', "
+                                   f"which case '{subject.id}' lacks")
+            out[name] = subject.meta[source]
+            continue
+        hits = [c for c in columns if c in source]
+        if len(hits) != 1:
+            raise VoxdiffError(f"config data.conditions.{name} must give a value for exactly one of the columns "
+                               f"{', '.join(columns)} (it gives {', '.join(map(str, source)) or 'none'})")
+        out[name] = repr(float(source[hits[0]]))
+    return out
+
+
+def expand_alternatives(subjects: list, alternatives: dict[str, list[str]], conditions: dict | None = None) -> list:
+    """One training case per subject and combination of alternative columns (``id:column`` ids).
+
+    ``conditions`` (``data.conditions``) fills each case's ``meta`` with its condition values.
+    """
     import itertools
 
     from voxdiff.data import Case
@@ -118,13 +143,14 @@ def expand_alternatives(subjects: list, alternatives: dict[str, list[str]]) -> l
         for combo in itertools.product(*(alternatives[r] for r in roles)):
             varied = [col for r, col in zip(roles, combo) if len(alternatives[r]) > 1]
             cid = subj.id if not varied else f"{subj.id}:{'+'.join(varied)}"
-            out.append(Case(cid, {r: subj.paths[col] for r, col in zip(roles, combo)}))
+            meta = condition_meta(subj, list(combo), conditions) if conditions else {}
+            out.append(Case(cid, {r: subj.paths[col] for r, col in zip(roles, combo)}, meta))
     return out
 
 
 def _stack(items: list[dict], roles: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
     out = {r: torch.stack([it[r] for it in items]).to(device=device, dtype=torch.float32) for r in roles}
-    for key in ("location", "shape"):  # crop position, for tasks with coordinate channels
+    for key in ("location", "shape", "conditions"):  # crop position (coordinate channels), scalar conditions
         if key in items[0]:
             out[key] = torch.stack([it[key] for it in items]).to(device)
     return out
@@ -219,18 +245,28 @@ class Trainer:
         else:
             raise VoxdiffError("config data.manifest (or data.folder) is required for training")
         # Subjects are split once, on each role's first column; alternatives never cross the split.
+        conditions = dict(dc.get("conditions") or {})
+        names = set(task.conditions.names)
+        if set(conditions) != names:
+            extra, missing = sorted(set(conditions) - names), sorted(names - set(conditions))
+            raise VoxdiffError(f"config data.conditions.{extra[0]} is not a condition of the model (model.conditions: "
+                               f"{', '.join(sorted(names)) or 'none'})" if extra else
+                               f"config model.conditions names {missing[0]}, but data.conditions gives no value for it")
         subjects = {c.id: c for c in cases}
-        cases = [Case(c.id, {r: c.paths[cols[0]] for r, cols in alternatives.items()}) for c in cases]
+        firsts = [cols[0] for cols in alternatives.values()]
+        cases = [Case(c.id, {r: c.paths[cols[0]] for r, cols in alternatives.items()},
+                      condition_meta(c, firsts, conditions) if conditions else {}) for c in cases]
         split = split_cases(cases, val_fraction=float(dc["val_fraction"]),
                             test_fraction=float(dc["test_fraction"]), seed=int(dc["split_seed"]))
         self.split = {k: [c.id for c in v] for k, v in split.items()}
         if not split["train"]:
             raise VoxdiffError("the split left no training case (lower data.val_fraction / test_fraction)")
-        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives)
+        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives, conditions)
         norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
         self.dataset_norm = fit_dataset_normalizers(train_cases, norm, label_roles=task.label_roles)
         common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
-                      seed=self.seed, dataset_normalizers=self.dataset_norm, downsample=int(dc["downsample"]))
+                      seed=self.seed, dataset_normalizers=self.dataset_norm, downsample=int(dc["downsample"]),
+                      conditions=task.conditions.names)
         self.train_set = VolumeDataset(train_cases, crop_size=dc["crop_size"],
                                        pad_multiple=task.required_multiple,
                                        samples_per_volume=int(dc["samples_per_volume"]),
@@ -471,8 +507,9 @@ class Trainer:
                 batch = _stack([item], self.task.roles, self.info.device)
                 inputs = {r: batch[r] for r in self.task.input_roles}
                 g = torch.Generator().manual_seed(self.seed)
+                extra = {"conditions": batch["conditions"]} if "conditions" in batch else {}
                 pred = self.task.predict(inputs, steps=int(inf["steps"]), generator=g, eta=inf.get("eta"),
-                                         shape=tuple(batch[self.task.output_role].shape))
+                                         shape=tuple(batch[self.task.output_role].shape), **extra)
                 for k, v in self.task.validation_metrics(pred, batch).items():
                     metrics.setdefault(k, []).append(v)
                 if i == 0:
