@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import SUPPORTED_SUFFIXES
-from voxdiff.io.atomic import case_name, check_writable_dir, ensure_out_dir, full_suffix
+from voxdiff.io.atomic import case_name, check_writable_dir, ensure_out_dir, full_suffix, volume_files_by_case
 
 
 @dataclass
@@ -62,22 +62,11 @@ def resolve_part(part_id: Optional[int], num_parts: Optional[int]) -> Part:
     return Part()
 
 
-def is_volume_file(path: Path) -> bool:
-    """Whether a file name has a volume suffix voxdiff reads (hidden and temporary files excluded)."""
-    return (path.is_file() and not path.name.startswith(".")
-            and full_suffix(path).lower() in SUPPORTED_SUFFIXES)
-
-
 def list_cases(folder: Path) -> list[Path]:
     """The volume files directly inside ``folder``, sorted by name; an error if there are none."""
-    files = sorted((p for p in folder.iterdir() if is_volume_file(p)), key=lambda p: p.name)
+    files = sorted(volume_files_by_case(folder, SUPPORTED_SUFFIXES).values(), key=lambda p: p.name)
     if not files:
         raise VoxdiffError(f"{folder}: no volume files in this folder (looked for {', '.join(SUPPORTED_SUFFIXES)})")
-    names = [case_name(p) for p in files]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise VoxdiffError(f"{folder}: several files share the case name(s) {', '.join(dupes)} "
-                           f"(e.g. a .nii and a .nii.gz); keep one per case")
     return files
 
 

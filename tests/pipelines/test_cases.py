@@ -56,7 +56,7 @@ def test_list_and_plan_cases(tmp_path):
     with pytest.raises(VoxdiffError, match="own folder"):
         plan_cases(d, {"output": tmp_path / "o", "uncertainty": tmp_path / "o"})
     (d / "a.nii").write_bytes(b"x")
-    with pytest.raises(VoxdiffError, match="share the case name"):
+    with pytest.raises(VoxdiffError, match="appears twice"):
         list_cases(d)
     empty = tmp_path / "empty"
     empty.mkdir()
