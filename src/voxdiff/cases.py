@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from voxdiff.errors import VoxdiffError
-from voxdiff.io import SUPPORTED_SUFFIXES
+from voxdiff.io import SUPPORTED_SUFFIXES, volume_shape
 from voxdiff.io.atomic import case_name, check_writable_dir, ensure_out_dir, full_suffix, volume_files_by_case
 
 
@@ -141,26 +141,6 @@ def prepare_output_folders(jobs: Sequence[CaseJob]) -> None:
     for j in jobs[:1]:
         for p in j.outputs.values():
             check_writable_dir(p)
-
-
-def volume_shape(path: Path, *, read_data: bool = False) -> tuple[int, ...]:
-    """The voxel grid of a volume file (its first three axes); ``read_data`` also reads every voxel
-    (a truncated or corrupt file raises). Raises :class:`VoxdiffError` or ``OSError`` when unreadable."""
-    if full_suffix(path).lower() in (".nii", ".nii.gz"):  # header first: 4D outputs (probabilities) too
-        import nibabel as nib
-
-        try:
-            img = nib.load(str(path))
-            if read_data:
-                import numpy as np
-
-                np.asarray(img.dataobj)
-        except Exception as exc:  # nibabel raises many kinds for a broken file
-            raise VoxdiffError(f"{path}: not a readable NIfTI file ({exc})") from exc
-        return tuple(int(n) for n in img.shape[:3])
-    from voxdiff.io import load_volume
-
-    return tuple(load_volume(path).shape[:3])
 
 
 def incomplete_outputs(job: CaseJob) -> list[Path]:

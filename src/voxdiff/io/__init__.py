@@ -28,6 +28,7 @@ from voxdiff.io.dicom import is_dicom_file as _is_dicom_file
 __all__ = [
     "Volume",
     "load_volume",
+    "volume_shape",
     "save_volume",
     "volume_format",
     "check_same_geometry",
@@ -379,3 +380,21 @@ def check_same_geometry(a: Volume, b: Volume, *, atol: float = 1e-3, what: str =
         raise VoxdiffError(f"{prefix}{b.path} has shape {b.shape} but {a.path} has {a.shape}")
     if not np.allclose(a.affine, b.affine, atol=atol):
         raise VoxdiffError(f"{prefix}{b.path} and {a.path} have different affines (geometry mismatch)")
+
+
+def volume_shape(path: str | Path, *, read_data: bool = False) -> tuple[int, ...]:
+    """The voxel grid of a volume file (its first three axes); ``read_data`` also reads every voxel
+    (a truncated or corrupt file raises). Raises :class:`VoxdiffError` or ``OSError`` when unreadable."""
+    if full_suffix(Path(path)).lower() in (".nii", ".nii.gz"):  # header first: 4D outputs (probabilities) too
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            if read_data:
+                import numpy as np
+
+                np.asarray(img.dataobj)
+        except Exception as exc:  # nibabel raises many kinds for a broken file
+            raise VoxdiffError(f"{path}: not a readable NIfTI file ({exc})") from exc
+        return tuple(int(n) for n in img.shape[:3])
+    return tuple(load_volume(path).shape[:3])
