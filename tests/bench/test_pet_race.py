@@ -195,3 +195,29 @@ def test_model_specs_and_downsampled_lesion_geometry(race, tmp_path):
     # Old voxel 7.5 (the centre of the 16-voxel axis) lies between new voxels 3 and 4.
     assert s.table["lesions"][0]["centre_voxel"][:2] == [3.5, 3.5]
     assert s.lesion_map.shape == (8, 8, 6) and s.lesion_map.max() == 1
+
+
+def test_a_dose_conditioned_checkpoint_is_given_the_race_dose_unless_blind(race, tmp_path):
+    from voxdiff.train.config import load_config
+    from voxdiff.train.trainer import Trainer
+
+    data, labels_dir, config = _dataset(tmp_path)
+    text = config.read_text().replace("task: regression", "task: translation")
+    text = text.replace("roles: {source: low_5, target: target}",
+                        "roles: {source: [low_5, low_1], target: target}\n  conditions: {dose: {low_5: 5, low_1: 1}}")
+    text = text.replace("model:\n", "model:\n  conditions: {dose: log}\n  condition_dropout: 0.5\n  puzzle_factor: 2\n")
+    text = text.replace("inference: {steps: 1}", "inference: {steps: 2}")
+    config.write_text(text)
+    Trainer(load_config(config), quiet=True).fit()
+    test = race.psr.make_split([f"s{i}" for i in range(8)], config)[0]["test"]
+    ckpt = tmp_path / "run" / "last.pt"
+    given = race.TrainedMethod(race.parse_model(f"d={ckpt}:dose=1"), test)
+    blind = race.TrainedMethod(race.parse_model(f"b={ckpt}:dose=1,blind=1"), test)
+    assert given.info["conditions"] == {"dose": 1.0} and blind.info["conditions"] == "blind"
+    assert given.cache_key != blind.cache_key
+    from voxdiff.io import load_volume
+
+    low = load_volume(data / "s2_low_1.nii.gz")
+    a, b = given(low.array, low.affine), blind(low.array, low.affine)
+    assert a.shape == SHAPE and not np.allclose(a, b)
+    assert given.info["schedule"]["conditions"] == {"dose": 1.0} and blind.info["schedule"]["conditions"] == "blind"
