@@ -38,7 +38,7 @@ import numpy as np
 
 from voxdiff.cases import Part
 from voxdiff.errors import VoxdiffError
-from voxdiff.io import Volume, check_same_geometry, load_volume, save_volume, volume_shape
+from voxdiff.io import Volume, check_same_geometry, load_volume, save_volume
 from voxdiff.io.atomic import (
     atomic_write_text,
     case_name,
@@ -278,7 +278,7 @@ def _complete_case(paths: dict[str, Path], shape: tuple[int, ...], settings: Pro
         if params.get("settings") != _settings_record(settings) or params.get("seed_base") != seed:
             return None
         for role, path in paths.items():
-            if role not in ("json", "lesions_json") and volume_shape(path, read_data=True) != tuple(shape[:3]):
+            if role not in ("json", "lesions_json") and load_volume(path).shape != shape:
                 return None
     except (OSError, ValueError, VoxdiffError):
         return None
