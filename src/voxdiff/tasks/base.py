@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from voxdiff.errors import VoxdiffError
+from voxdiff.tasks.conditions import ScalarConditions
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -142,8 +143,6 @@ class Task(nn.Module):
     def __init__(self, model_cfg: dict) -> None:
         super().__init__()
         self.model_cfg = dict(model_cfg)
-        from voxdiff.tasks.conditions import ScalarConditions
-
         #: Scalar conditions the network takes beside its images (none unless a task builds them).
         self.conditions = ScalarConditions({})
 
