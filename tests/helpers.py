@@ -36,6 +36,22 @@ def make_pairs(root, n=3, size=16, affine=None, seed=0):
     return root / "manifest.csv"
 
 
+def add_noisier_column(manifest, factor=2.0):
+    """Add a ``noisier`` source column to a ``make_pairs`` manifest (another "dose": ``factor`` x the noise)."""
+    from voxdiff.io import load_volume
+
+    root = manifest.parent
+    lines = manifest.read_text().splitlines()
+    rows = [lines[0] + ",noisier"]
+    for line in lines[1:]:
+        case, src, tgt = line.split(",")
+        v, t = load_volume(root / src), load_volume(root / tgt)
+        save_volume(t.array + factor * (v.array - t.array), root / f"{case}_noisier.nii.gz", affine=v.affine)
+        rows.append(f"{line},{case}_noisier.nii.gz")
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
 def make_cases(root, n=3, size=16, affine=None):
     """Spheres and a shell (labels 1, 2) with class-dependent intensities; returns the manifest path."""
     rng = np.random.default_rng(0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_pairs, run_main, tiny_config
+from tests.helpers import add_noisier_column, make_pairs, run_main, tiny_config
 from voxdiff.errors import VoxdiffError
-from voxdiff.io import load_volume, save_volume
+from voxdiff.io import load_volume
 from voxdiff.tasks.conditions import ScalarConditions, parse_conditions
 
 
@@ -60,16 +60,7 @@ def test_vector_validates_what_a_user_gives():
 
 def _two_dose_manifest(tmp_path):
     """make_pairs plus a second source per subject with twice the noise (the 'lower dose')."""
-    manifest = make_pairs(tmp_path, n=4)
-    lines = manifest.read_text().splitlines()
-    rows = [lines[0] + ",noisier"]
-    for line in lines[1:]:
-        case, src, tgt = line.split(",")
-        v, t = load_volume(tmp_path / src), load_volume(tmp_path / tgt)
-        save_volume(t.array + 2.0 * (v.array - t.array), tmp_path / f"{case}_noisier.nii.gz", affine=v.affine)
-        rows.append(f"{line},{case}_noisier.nii.gz")
-    manifest.write_text("\n".join(rows) + "\n")
-    return manifest
+    return add_noisier_column(make_pairs(tmp_path, n=4))
 
 
 def _dose_config(tmp_path, manifest, dropout=0.3):

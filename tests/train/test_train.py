@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_pairs, tiny_config
+from tests.helpers import add_noisier_column, make_pairs, tiny_config
 from voxdiff.errors import VoxdiffError
 from voxdiff.io import load_volume, save_volume
 from voxdiff.train.checkpoint import load_checkpoint, save_checkpoint
@@ -95,19 +95,8 @@ def test_sliding_window_matches_shape(tmp_path):
 
 
 def test_role_alternatives_train_on_every_column_and_keep_the_subject_split(tmp_path):
-    from voxdiff.io import load_volume as _load
-
-    manifest = make_pairs(tmp_path, n=4)
     # A second source column per subject (another "dose"): twice the noise of the first.
-    lines = manifest.read_text().splitlines()
-    rows = [lines[0] + ",noisier"]
-    for line in lines[1:]:
-        case, src, tgt = line.split(",")
-        v = _load(tmp_path / src)
-        t = _load(tmp_path / tgt)
-        save_volume(t.array + 2.0 * (v.array - t.array), tmp_path / f"{case}_noisier.nii.gz", affine=v.affine)
-        rows.append(f"{line},{case}_noisier.nii.gz")
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest = add_noisier_column(make_pairs(tmp_path, n=4))
     plain = Trainer(tiny_config(tmp_path / "a", manifest), quiet=True)
     cfg = tiny_config(tmp_path / "b", manifest)
     cfg["data"]["roles"] = {"source": ["source", "noisier"]}
