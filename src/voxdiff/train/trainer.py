@@ -123,7 +123,8 @@ def condition_meta(subject, columns: list[str], spec: dict) -> dict[str, str]:
         hits = [c for c in columns if c in source]
         if len(hits) != 1:
             raise VoxdiffError(f"config data.conditions.{name} must give a value for exactly one of the columns "
-                               f"{', '.join(columns)} (it gives {', '.join(map(str, source)) or 'none'})")
+                               f"{', '.join(columns)} that case '{subject.id}' is read through (it gives values for "
+                               f"{', '.join(map(str, source)) or 'none'})")
         out[name] = repr(float(source[hits[0]]))
     return out
 
