@@ -449,7 +449,7 @@ TRAIN = Section({
     "grad_clip": Opt(Num(0.0)), "warmup_steps": Int(0), "ema_decay": Num(0.0, 1.0, hi_open=True),
     "precision": Str(("fp32", "bf16", "fp16")), "log_every": Int(1), "val_every": Int(0), "ckpt_every": Int(1),
     "keep_checkpoints": Int(0), "num_workers": Int(0), "out_dir": Str(path_like=True),
-    "device": Device(), "max_minutes": Opt(_positive()),
+    "device": Device(), "max_minutes": Opt(_positive()), "init_from": Opt(Str()),
 })
 
 INFERENCE = Section({

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "out_dir": "runs/voxdiff",
         "device": "auto",
         "max_minutes": None,       # stop (and checkpoint) after this wall time
+        "init_from": None,         # start from these weights (checkpoint or pretrained:NAME): fine-tuning
     },
     "inference": {
         "steps": 10,

@@ -31,6 +31,7 @@ from voxdiff.train.checkpoint import (InterruptGuard, earlier_run, find_resume_c
                                       move_run_aside, remove_stale_temp, save_checkpoint, truncate_log)
 from voxdiff.train.config import dump_config, with_defaults
 from voxdiff.train.ema import EMA
+from voxdiff.train.init import init_from
 from voxdiff.train.tensorboard import TensorBoardLog
 
 _SEED_STRIDE = 1_000_003
@@ -211,8 +212,21 @@ class Trainer:
         self.ema = EMA(self.task, float(tr["ema_decay"]))
         self.step = 0
         self.history: list[dict] = []
+        self.init_info: dict | None = None
         if resume:
             self._resume(resume)
+        if tr.get("init_from") and self.step == 0:
+            # Only a fresh run loads the start model (a resumed one has its own weights). Every rank
+            # loads the same file, so DDP's replicas stay equal; the EMA restarts at the start model.
+            self.init_info = init_from(self.task, str(tr["init_from"]), task_name=self.task.name, split=self.split)
+            self.ema = EMA(self.task, float(tr["ema_decay"]))
+        if self.init_info is not None and self.step == 0 and not self.quiet:
+            i = self.init_info
+            print(f"initialised from {i['spec']} (step {i['step']})"
+                  + (f"; new input channels start at zero in {', '.join(i['grown'])}" if i["grown"] else ""))
+            if i["held_out_seen"]:
+                print(f"warning: train.init_from {i['spec']} was trained on {len(i['held_out_seen'])} of this run's "
+                      f"validation/test cases ({', '.join(i['held_out_seen'][:3])}...): their scores are not held-out")
 
     def _prepare_out_dir(self, resume: bool | str | Path, overwrite: bool) -> None:
         """Remove stale temporary files; refuse (or, with ``overwrite``, move aside) an earlier run."""
@@ -317,6 +331,7 @@ class Trainer:
             "reference_geometry": self.reference_geometry,
             "run_id": self.run_id,
             "checkpoints": list(self.own_checkpoints),
+            "init": self.init_info,
         }
 
     def save(self) -> Path | None:
@@ -365,6 +380,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
+        self.init_info = ckpt.get("init")
         set_rng_state(ckpt["rng"])
         self.saved_step = self.step
         self.run_id = ckpt.get("run_id") or self.run_id
