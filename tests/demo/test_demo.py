@@ -56,6 +56,8 @@ def test_pretrained_pet_denoise_anydose_loads_and_lists_its_doses():
     assert ckpt["config"]["data"]["roles"]["source"] == ["low_5", "low_1", "low_10", "low_25"]
     _, other = load_model("pretrained:pet-denoise", task="translation")
     assert ckpt["split"] == other["split"]
+    # Fine-tuned from pet-denoise (train.init_from), which never saw the shared held-out subjects.
+    assert ckpt["config"]["train"]["init_from"] == "pretrained:pet-denoise"
 
 
 def test_pretrained_ixi_synthesis_loads_and_samples_on_its_grid():
