@@ -38,6 +38,11 @@ def resolve_model_path(spec: str | Path) -> Path:
     return Path(spec)
 
 
+def served_weights(ckpt: dict, use_ema: bool = True) -> dict | None:
+    """The state dict a checkpoint serves: its EMA weights when it has them (and ``use_ema``), else the raw ones."""
+    return ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt.get("model")
+
+
 def load_model(spec: str | Path, *, task: str | tuple[str, ...] | None = None, use_ema: bool = True,
                device: str | torch.device = "cpu") -> tuple[Task, dict]:
     """Rebuild a task from a checkpoint and load its (EMA) weights; returns ``(task, checkpoint)``."""
@@ -50,7 +55,7 @@ def load_model(spec: str | Path, *, task: str | tuple[str, ...] | None = None, u
 
         device = check_device(device)
     model = build_task(ckpt["task"], ckpt["config"]["model"])
-    weights = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    weights = served_weights(ckpt, use_ema)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

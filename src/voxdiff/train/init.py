@@ -51,20 +51,20 @@ def transfer_weights(target: dict[str, torch.Tensor], source: dict[str, torch.Te
     return out, grown
 
 
-def init_from(task: torch.nn.Module, spec: str, *, task_name: str, split: dict[str, list[str]] | None = None,
-              use_ema: bool = True) -> dict[str, Any]:
+def init_from(task: torch.nn.Module, spec: str, *, task_name: str,
+              split: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Load ``spec`` (a checkpoint path or ``pretrained:NAME``) into ``task``; returns what was done.
 
     The start model's EMA weights are taken (the weights it serves). The result records the
     source, its step, the grown weights and, when both runs recorded a split, the start model's
     training cases that are held out here (fine-tuning from a model that saw them leaks them).
     """
-    from voxdiff.models import resolve_model_path
+    from voxdiff.models import resolve_model_path, served_weights
     from voxdiff.train.checkpoint import load_checkpoint
 
     path = resolve_model_path(spec)
     ckpt = load_checkpoint(path, task=task_name)
-    weights = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt.get("model")
+    weights = served_weights(ckpt)
     if not isinstance(weights, dict):
         raise VoxdiffError(f"train.init_from {spec}: {path} holds no model weights")
     state, grown = transfer_weights(task.state_dict(), weights, where=f"train.init_from {spec}")

@@ -218,15 +218,16 @@ class Trainer:
         if tr.get("init_from") and self.step == 0:
             # Only a fresh run loads the start model (a resumed one has its own weights). Every rank
             # loads the same file, so DDP's replicas stay equal; the EMA restarts at the start model.
-            self.init_info = init_from(self.task, str(tr["init_from"]), task_name=self.task.name, split=self.split)
+            i = self.init_info = init_from(self.task, str(tr["init_from"]), task_name=self.task.name, split=self.split)
             self.ema = EMA(self.task, float(tr["ema_decay"]))
-        if self.init_info is not None and self.step == 0 and not self.quiet:
-            i = self.init_info
-            print(f"initialised from {i['spec']} (step {i['step']})"
-                  + (f"; new input channels start at zero in {', '.join(i['grown'])}" if i["grown"] else ""))
-            if i["held_out_seen"]:
-                print(f"warning: train.init_from {i['spec']} was trained on {len(i['held_out_seen'])} of this run's "
-                      f"validation/test cases ({', '.join(i['held_out_seen'][:3])}...): their scores are not held-out")
+            if not self.quiet:
+                print(f"initialised from {i['spec']} (step {i['step']})"
+                      + (f"; new input channels start at zero in {', '.join(i['grown'])}" if i["grown"] else ""))
+                seen = i["held_out_seen"]
+                if seen:
+                    print(f"warning: train.init_from {i['spec']} was trained on {len(seen)} of this run's "
+                          f"validation/test cases ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): "
+                          "their scores are not held-out")
 
     def _prepare_out_dir(self, resume: bool | str | Path, overwrite: bool) -> None:
         """Remove stale temporary files; refuse (or, with ``overwrite``, move aside) an earlier run."""
