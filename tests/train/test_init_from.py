@@ -111,3 +111,21 @@ def test_init_from_warns_when_the_start_model_trained_on_this_runs_held_out_case
     out = capsys.readouterr().out
     seen = tr.init_info["held_out_seen"]
     assert seen and set(seen) <= set(tr.split["val"]) and "their scores are not held-out" in out
+
+
+def test_a_start_model_inside_out_dir_is_read_before_overwrite_moves_the_run_aside(tmp_path, capsys):
+    """Fine-tuning a run into its own folder keeps the earlier run (moved aside, intact); a bad start model moves nothing."""
+    from tests.helpers import digest
+    from voxdiff.train.trainer import Trainer
+
+    manifest, start = _start_model(tmp_path)
+    run = start.parent
+    before = digest(run)
+    bad = tiny_config(tmp_path / "a", manifest, init_from=str(tmp_path / "nope.pt"))
+    with pytest.raises(VoxdiffError, match="nope.pt: checkpoint not found"):
+        Trainer(bad, overwrite=True, quiet=True)
+    assert digest(run) == before  # refused before anything in the folder moved
+    tr = Trainer(tiny_config(tmp_path / "a", manifest, init_from=str(start), steps=1), overwrite=True, quiet=True)
+    assert tr.init_info["step"] == 4
+    moved = [p for p in run.iterdir() if p.name.startswith("previous-")]
+    assert len(moved) == 1 and digest(moved[0]) == before

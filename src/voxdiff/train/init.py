@@ -51,19 +51,27 @@ def transfer_weights(target: dict[str, torch.Tensor], source: dict[str, torch.Te
     return out, grown
 
 
-def init_from(task: torch.nn.Module, spec: str, *, task_name: str,
-              split: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Load ``spec`` (a checkpoint path or ``pretrained:NAME``) into ``task``; returns what was done.
-
-    The start model's EMA weights are taken (the weights it serves). The result records the
-    source, its step, the grown weights and, when both runs recorded a split, the start model's
-    training cases that are held out here (fine-tuning from a model that saw them leaks them).
-    """
-    from voxdiff.models import resolve_model_path, served_weights
+def read_start_model(spec: str, *, task_name: str) -> dict:
+    """The checkpoint ``spec`` (a path or ``pretrained:NAME``) names, loaded safely for :func:`init_from`."""
+    from voxdiff.models import resolve_model_path
     from voxdiff.train.checkpoint import load_checkpoint
 
-    path = resolve_model_path(spec)
-    ckpt = load_checkpoint(path, task=task_name)
+    return load_checkpoint(resolve_model_path(spec), task=task_name)
+
+
+def init_from(task: torch.nn.Module, spec: str, *, task_name: str, split: dict[str, list[str]] | None = None,
+              start: dict | None = None) -> dict[str, Any]:
+    """Load ``spec`` (a checkpoint path or ``pretrained:NAME``; ``start``: it, already read) into ``task``.
+
+    Returns what was done. The start model's EMA weights are taken (the weights it serves). The
+    result records the source, its step, the grown weights and, when both runs recorded a split,
+    the start model's training cases that are held out here (fine-tuning from a model that saw
+    them leaks them).
+    """
+    from voxdiff.models import served_weights
+
+    ckpt = start if start is not None else read_start_model(spec, task_name=task_name)
+    path = ckpt["path"]
     weights = served_weights(ckpt)
     if not isinstance(weights, dict):
         raise VoxdiffError(f"train.init_from {spec}: {path} holds no model weights")

@@ -31,7 +31,7 @@ from voxdiff.train.checkpoint import (InterruptGuard, earlier_run, find_resume_c
                                       move_run_aside, remove_stale_temp, save_checkpoint, truncate_log)
 from voxdiff.train.config import dump_config, with_defaults
 from voxdiff.train.ema import EMA
-from voxdiff.train.init import init_from
+from voxdiff.train.init import init_from, read_start_model
 from voxdiff.train.tensorboard import TensorBoardLog
 
 _SEED_STRIDE = 1_000_003
@@ -185,6 +185,10 @@ class Trainer:
         self.own_checkpoints: list[str] = []   # step_*.pt names this run (and the runs it resumes) wrote
         self.saved_step: int | None = None
         self.guard = InterruptGuard()
+        # A fresh run reads its start model before touching out_dir: a bad one fails with nothing
+        # moved, and one inside out_dir is read before --overwrite moves it aside.
+        start = (read_start_model(str(tr["init_from"]), task_name=cfg["task"])
+                 if tr.get("init_from") and not resume else None)
         if self.info.is_main:
             self._prepare_out_dir(resume, overwrite)
         self.seed = int(cfg["seed"])
@@ -218,7 +222,8 @@ class Trainer:
         if tr.get("init_from") and self.step == 0:
             # Only a fresh run loads the start model (a resumed one has its own weights). Every rank
             # loads the same file, so DDP's replicas stay equal; the EMA restarts at the start model.
-            i = self.init_info = init_from(self.task, str(tr["init_from"]), task_name=self.task.name, split=self.split)
+            i = self.init_info = init_from(self.task, str(tr["init_from"]), task_name=self.task.name, split=self.split,
+                                                start=start)
             self.ema = EMA(self.task, float(tr["ema_decay"]))
             if not self.quiet:
                 print(f"initialised from {i['spec']} (step {i['step']})"
