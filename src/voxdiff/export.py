@@ -23,7 +23,7 @@ __all__ = ["EXPORT_KEYS", "export_model"]
 
 #: Checkpoint entries carried over as they are (the weights are handled separately).
 EXPORT_KEYS = ("task", "config", "step", "normalization", "dataset_normalizers", "split",
-               "required_multiple", "reference_geometry")
+               "required_multiple", "reference_geometry", "init")   # init: the model a fine-tune started from
 
 
 def _sha256(path: Path) -> str:

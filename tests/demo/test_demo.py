@@ -87,7 +87,8 @@ def _fake_training_checkpoint(path: Path) -> tuple[dict, dict]:
                            "ema": {"decay": 0.99, "num_updates": 1, "shadow": shadow},
                            "optimizer": opt.state_dict(), "scaler": {}, "step": 1, "rng": torch.get_rng_state(),
                            "normalization": {}, "dataset_normalizers": {}, "split": {"train": ["a"], "val": []},
-                           "required_multiple": task.required_multiple})
+                           "required_multiple": task.required_multiple,
+                           "init": {"spec": "pretrained:pet-denoise", "step": 12155}})
     return model, shadow
 
 
@@ -99,6 +100,7 @@ def test_export_keeps_ema_weights_and_half_loads_back_as_float32(tmp_path):
     assert half["bytes"] < 0.7 * full["bytes"] < 0.5 * src.stat().st_size
     stored = load_checkpoint(tmp_path / "half.pt")
     assert not set(TRAINING_ONLY) & set(stored)
+    assert stored["init"] == {"spec": "pretrained:pet-denoise", "step": 12155}   # where a fine-tune started
     assert {v.dtype for v in stored["model"].values() if v.is_floating_point()} == {torch.float16}
     for name, weights in (("full.pt", shadow), ("half.pt", {k: v.half().float() for k, v in shadow.items()})):
         task, _ = load_model(tmp_path / name, task="translation")

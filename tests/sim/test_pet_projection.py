@@ -233,6 +233,30 @@ def test_geometry_units_and_determinism(tables, tiny_affine):
     assert p["background_fraction_expected"] == pytest.approx(0.3, abs=1e-4)
 
 
+def test_complement_target_shares_no_noise_with_its_low_dose_and_changes_nothing_else(tables):
+    vol = _volume(_phantom((32, 32, 24)))
+    plain = ProjectionSettings(**FAST, lesions=0)
+    with_comp = ProjectionSettings(**{**FAST, "lesions": 0, "complement_doses": (0.25,)})
+    a = simulate_projection_pet(vol, case="n2n", seed=2, settings=plain, tables_dir=tables)
+    b = simulate_projection_pet(vol, case="n2n", seed=2, settings=with_comp, tables_dir=tables)
+    assert set(b.images) == set(a.images) | {"comp_25"}
+    for role, img in a.images.items():   # no extra random draw: every other image is the same
+        np.testing.assert_array_equal(img.array, b.images[role].array)
+    assert "complement_doses" not in plain.record() and with_comp.record()["complement_doses"] == [0.25]
+    assert "comp_d" in b.params["noise_model"] and "comp_d" not in a.params["noise_model"]
+    brain = vol.array > 0
+    truth = b.images["truth"].array[brain]
+    noise = {r: b.images[r].array[brain] - truth for r in ("low_25", "comp_25", "full")}
+    assert b.images["comp_25"].array[brain].mean() == pytest.approx(truth.mean(), rel=0.1)   # same units
+    corr = lambda u, v: float(np.corrcoef(u, v)[0, 1])  # noqa: E731
+    # full = low + complement counts: the full-dose image carries low_25's noise (corr ~ sqrt(0.25)), the
+    # complement none of it.
+    assert corr(noise["low_25"], noise["full"]) > 0.3
+    assert abs(corr(noise["low_25"], noise["comp_25"])) < 0.12
+    with pytest.raises(VoxdiffError, match="--complement-doses"):
+        ProjectionSettings(**{**FAST, "complement_doses": (0.1,)}).check()
+
+
 @pytest.mark.parametrize("change, match", [
     (dict(doses=(0.0,)), "--doses"), (dict(doses=(0.1, 0.1)), "repeated"), (dict(subsets=50), "--subsets"),
     (dict(iterations=0), "--iterations"), (dict(prompts=-1.0), "--prompts"), (dict(lesion_contrast=(0.5,)), "--lesion-contrast"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,39 @@ def test_role_alternatives_train_on_every_column_and_keep_the_subject_split(tmp_
     cfg["train"]["out_dir"] = str(tmp_path / "c")
     with pytest.raises(VoxdiffError, match="lists a column twice"):
         Trainer(cfg, quiet=True)
+
+
+def test_zipped_alternatives_pair_each_source_with_its_own_target(tmp_path):
+    # Per-dose targets (a complement image per low dose): source[i] trains against target[i] only.
+    import shutil
+
+    manifest = add_noisier_column(make_pairs(tmp_path, n=4))
+    lines = manifest.read_text().splitlines()
+    rows = [lines[0] + ",target_b"]
+    for ln in lines[1:]:
+        case = ln.split(",")[0]
+        shutil.copy(tmp_path / f"{case}_tgt.nii.gz", tmp_path / f"{case}_tgt_b.nii.gz")
+        rows.append(f"{ln},{case}_tgt_b.nii.gz")
+    manifest.write_text("\n".join(rows) + "\n")
+    cfg = tiny_config(tmp_path / "z", manifest)
+    cfg["data"]["roles"] = {"source": ["source", "noisier"], "target": ["target", "target_b"]}
+    product = Trainer(cfg, quiet=True)
+    assert len(product.train_set.cases) == 4 * len(product.split["train"])
+    cfg["data"]["alternatives"] = "zip"
+    cfg["train"]["out_dir"] = str(tmp_path / "z2")
+    zipped = Trainer(cfg, quiet=True)
+    assert zipped.split == product.split
+    pairs = sorted((Path(c.paths["source"]).name, Path(c.paths["target"]).name) for c in zipped.train_set.cases)
+    assert pairs == sorted(p for s in zipped.split["train"]
+                           for p in ((f"{s}_src.nii.gz", f"{s}_tgt.nii.gz"), (f"{s}_noisier.nii.gz", f"{s}_tgt_b.nii.gz")))
+    assert [Path(c.paths["target"]).name for c in zipped.val_set.cases] == [
+        f"{c}_tgt.nii.gz" for c in zipped.split["val"][: len(zipped.val_set.cases)]]   # validation: the first pair
+    zipped.fit()
+    cfg["data"]["roles"]["target"] = ["target", "target_b", "noisier"]
+    cfg["train"]["out_dir"] = str(tmp_path / "z3")
+    with pytest.raises(VoxdiffError, match="zip needs the same number of columns"):
+        Trainer(cfg, quiet=True)
+    assert not (tmp_path / "z3").exists()
 
 
 @pytest.mark.parametrize("fast", [False, True])

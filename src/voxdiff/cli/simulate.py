@@ -65,8 +65,8 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         raise VoxdiffError(f"{option} must be comma-separated numbers, got '{text}'") from None
 
 
-def _settings(*, doses: str, nac_doses: str | None, prompts: float, fwhm: float | None, psf_recon: bool,
-              iterations: int, subsets: int, views: int, oversample: int, background_fraction: float,
+def _settings(*, doses: str, nac_doses: str | None, complement_doses: str = "", prompts: float, fwhm: float | None,
+              psf_recon: bool, iterations: int, subsets: int, views: int, oversample: int, background_fraction: float,
               post_filter_mm: float, lesions: int, lesion_diameters: str, lesion_contrast: str,
               lesion_free_fraction: float, device: str) -> Any:
     """The projection-physics settings of the options, checked."""
@@ -74,7 +74,8 @@ def _settings(*, doses: str, nac_doses: str | None, prompts: float, fwhm: float 
 
     settings = ProjectionSettings(
         doses=_floats(doses, "--doses"), nac_doses=None if nac_doses is None else _floats(nac_doses, "--nac-doses"),
-        prompts=prompts, fwhm_mm=4.5 if fwhm is None else fwhm, psf_recon=psf_recon, iterations=iterations,
+        complement_doses=_floats(complement_doses, "--complement-doses"), prompts=prompts,
+        fwhm_mm=4.5 if fwhm is None else fwhm, psf_recon=psf_recon, iterations=iterations,
         subsets=subsets, n_views=views, oversample=oversample, background_fraction=background_fraction,
         post_filter_mm=post_filter_mm, lesions=lesions, lesion_diameters=_floats(lesion_diameters, "--lesion-diameters"),
         lesion_contrast=_floats(lesion_contrast, "--lesion-contrast"), lesion_free_fraction=lesion_free_fraction,
@@ -150,6 +151,7 @@ _OPT = {
     "fwhm": lambda: typer.Option(None, "--fwhm", help="System PSF FWHM in mm (default: 4.5 for projection, 5 for image)."),
     "doses": lambda: typer.Option("0.25,0.1,0.05,0.01", "--doses", help="[projection] Low-dose fractions (thinned from the full-dose counts)."),
     "nac_doses": lambda: typer.Option(None, "--nac-doses", help="[projection] Doses that also get a non-attenuation-corrected image (default: all; '' for none)."),
+    "complement_doses": lambda: typer.Option("", "--complement-doses", help="[projection] Doses that also get comp_<tag>: the full-dose counts their thinning left out, reconstructed (independent of low_<tag>; a Noise2Noise training target). Default none."),
     "prompts": lambda: typer.Option(1e8, "--prompts", help="[projection] Expected full-dose prompts per subject, all planes (10-20 min brain FDG, docs/pet-simulation.md)."),
     "iterations": lambda: typer.Option(3, "--iterations", help="[projection] OSEM iterations."),
     "subsets": lambda: typer.Option(21, "--subsets", help="[projection] OSEM subsets (divides --views best)."),
@@ -177,6 +179,7 @@ def simulate_pet_command(
     mean_counts: float = typer.Option(200.0, "--mean-counts", help="[image] Mean expected full-dose counts per brain voxel."),
     doses: str = _OPT["doses"](),
     nac_doses: str | None = _OPT["nac_doses"](),
+    complement_doses: str = _OPT["complement_doses"](),
     prompts: float = _OPT["prompts"](),
     iterations: int = _OPT["iterations"](),
     subsets: int = _OPT["subsets"](),
@@ -212,7 +215,7 @@ def simulate_pet_command(
     case = case or case_name(labels)
     start = time.perf_counter()
     settings = image if physics == "image" else _settings(
-        doses=doses, nac_doses=nac_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon, iterations=iterations,
+        doses=doses, nac_doses=nac_doses, complement_doses=complement_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon, iterations=iterations,
         subsets=subsets, views=views, oversample=oversample, background_fraction=background_fraction,
         post_filter_mm=post_filter_mm, lesions=lesions, lesion_diameters=lesion_diameters,
         lesion_contrast=lesion_contrast, lesion_free_fraction=lesion_free_fraction, device=device)
@@ -244,6 +247,7 @@ def simulate_pet_dataset_command(
     mean_counts: float = typer.Option(200.0, "--mean-counts", help="[image] Mean expected full-dose counts per brain voxel."),
     doses: str = _OPT["doses"](),
     nac_doses: str | None = _OPT["nac_doses"](),
+    complement_doses: str = _OPT["complement_doses"](),
     prompts: float = _OPT["prompts"](),
     iterations: int = _OPT["iterations"](),
     subsets: int = _OPT["subsets"](),
@@ -302,7 +306,7 @@ def simulate_pet_dataset_command(
         part, settings = None, image
     else:
         part = resolve_part(part_id, num_parts)
-        settings = _settings(doses=doses, nac_doses=nac_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon,
+        settings = _settings(doses=doses, nac_doses=nac_doses, complement_doses=complement_doses, prompts=prompts, fwhm=fwhm, psf_recon=psf_recon,
                              iterations=iterations, subsets=subsets, views=views, oversample=oversample,
                              background_fraction=background_fraction, post_filter_mm=post_filter_mm, lesions=lesions,
                              lesion_diameters=lesion_diameters, lesion_contrast=lesion_contrast,

@@ -440,6 +440,8 @@ DATA = Section({
     "foreground_fraction": FRACTION, "downsample": Int(1),
     # Scalar conditions of the model (model.conditions): a manifest column, or a value per alternative column.
     "conditions": Map(Either((Str(), Map(Num())))),
+    # How the alternative columns of several roles combine: every combination, or position by position.
+    "alternatives": Str(("product", "zip")),
 }, rule=lambda s: (f"val_fraction + test_fraction must be below 1, got {s.get('val_fraction', 0.1):g} + "
                    f"{s.get('test_fraction', 0.0):g}" if s.get("val_fraction", 0.1) + s.get("test_fraction", 0.0) >= 1 else None), rule_key="val_fraction")
 

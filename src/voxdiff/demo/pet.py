@@ -21,7 +21,6 @@ from rich.markup import escape
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ DEMO_DOSE = 0.05
 DEMO_GAUSSIAN_FWHM_MM = 6.0
 #: The training data's simulation (``voxdiff simulate-pet-dataset`` defaults), one dose, always lesions.
 DEMO_SETTINGS = ProjectionSettings(doses=(DEMO_DOSE,), nac_doses=(), lesion_free_fraction=0.0)
-DEMO_SIMULATION: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(DEMO_SETTINGS).items()}
+DEMO_SIMULATION: dict[str, Any] = DEMO_SETTINGS.record()
 DEMO_FILES = ("truth.nii.gz", "low.nii.gz", "full.nii.gz", "gaussian.nii.gz", "ppdm.nii.gz", "uncertainty.nii.gz",
               "brain_mask.nii.gz", "lesions.nii.gz", "montage.png", "metrics.csv", "metrics.json")
 #: Head shells outside the brain (mm from the brain mask, upper edge) and their BrainWeb classes:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -169,11 +169,6 @@ def _head_image(head: str, labels: Volume, scheme: str) -> tuple[Volume, Path] |
     return image, path
 
 
-def _settings_record(settings: ProjectionSettings) -> dict[str, Any]:
-    """The settings as ``CASE_pet.json`` records them (JSON types), for comparing with an earlier run's."""
-    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}))
-
-
 def _named(label_path: Path, exc: VoxdiffError) -> VoxdiffError:
     """``exc`` naming the label map (the simulation itself only sees arrays)."""
     return exc if str(label_path) in str(exc) else VoxdiffError(f"{label_path}: {exc}")
@@ -275,7 +270,7 @@ def _complete_case(paths: dict[str, Path], shape: tuple[int, ...], settings: Pro
     try:
         params = json.loads(paths["json"].read_text())
         json.loads(paths["lesions_json"].read_text())
-        if params.get("settings") != _settings_record(settings) or params.get("seed_base") != seed:
+        if params.get("settings") != settings.record() or params.get("seed_base") != seed:
             return None
         for role, path in paths.items():
             if role not in ("json", "lesions_json") and load_volume(path).shape != shape:
@@ -300,7 +295,7 @@ def _other_settings(json_path: Path, settings: ProjectionSettings, seed: int) ->
         params = json.loads(json_path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(params, dict) and (params.get("settings") != _settings_record(settings)
+    return isinstance(params, dict) and (params.get("settings") != settings.record()
                                          or params.get("seed_base") != seed)
 
 
@@ -401,7 +396,7 @@ def _projection_dataset(files: list[Path], out_dir: Path, *, part: Part, setting
                              **{r: paths[r] for r in roles}, "label": path}) for path, case, paths in complete]
         manifest = out_dir / "manifest.csv"
         summary = {"physics": "projection", "cases": len(cases), "labels_dir": str(labels_dir.resolve()),
-                   "scheme": scheme, "seed": seed, "head": head, "settings": _settings_record(settings),
+                   "scheme": scheme, "seed": seed, "head": head, "settings": settings.record(),
                    "missing": report.missing, "roles": {"source": source, "target": "full", "label": "region labels"},
                    "seconds_this_run": round(report.seconds, 1)}
         with staged_outputs() as stage:  # the manifest and its description together

@@ -21,7 +21,10 @@ source are in ``docs/pet-simulation.md``):
 5. **Reconstruction** (:func:`voxdiff.sim.osem.osem`) on the image grid: ``w = c n a`` with the
    attenuation factors of the (coarse) mu map, background ``d c (n s + r)`` as the additive term;
    the low-dose images are divided by ``d`` so every image is in the same units (E[low] ~ E[full]).
-   ``nac_low_<tag>`` leaves ``a`` out (non-attenuation-corrected). The **truth** is the same OSEM
+   ``nac_low_<tag>`` leaves ``a`` out (non-attenuation-corrected). ``comp_<tag>`` (``complement_doses``)
+   reconstructs the counts thinning left out, ``full - low`` at dose ``1 - d``: a Poisson split, so it is
+   statistically independent of ``low_<tag>`` (a training target that shares none of the input's noise,
+   which a list-mode user can make too). The **truth** is the same OSEM
    run on the noise-free expected sinogram ``ybar``: the image a perfect denoiser of this
    reconstruction should produce (same resolution and convergence), not the raw activity.
 6. Optional Gaussian post-filter (``post_filter_mm``) on every reconstruction, truth included.
@@ -29,6 +32,7 @@ source are in ``docs/pet-simulation.md``):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -69,6 +73,7 @@ class ProjectionSettings:
 
     doses: tuple[float, ...] = (0.25, 0.1, 0.05, 0.01)
     nac_doses: tuple[float, ...] | None = None   # None: every dose
+    complement_doses: tuple[float, ...] = ()     # doses that also get comp_<tag>: the full-dose counts minus low's
     prompts: float = 1.0e8                       # expected full-dose prompts, all planes together
     fwhm_mm: float = 4.5                         # total system resolution (3D Gaussian)
     psf_recon: bool = False                      # model the PSF in the reconstruction
@@ -88,6 +93,14 @@ class ProjectionSettings:
     lesion_free_fraction: float = 0.3
     device: str = "cpu"
 
+    def record(self) -> dict[str, Any]:
+        """The settings as ``CASE_pet.json`` records them (JSON types). An empty ``complement_doses`` is left
+        out, so datasets simulated before it existed still read as made with these settings."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        if not out["complement_doses"]:
+            del out["complement_doses"]
+        return json.loads(json.dumps(out))
+
     def nac(self) -> tuple[float, ...]:
         """The doses that get a non-attenuation-corrected reconstruction."""
         return tuple(self.doses) if self.nac_doses is None else tuple(self.nac_doses)
@@ -102,9 +115,10 @@ class ProjectionSettings:
         tags = [dose_tag(d) for d in self.doses]
         if len(set(tags)) != len(tags):
             raise VoxdiffError(f"--doses has repeated fractions ({', '.join(tags)} %)")
-        missing = [d for d in self.nac() if dose_tag(d) not in tags]
-        if missing:
-            raise VoxdiffError(f"--nac-doses {missing} must be among --doses {list(self.doses)}")
+        for option, wanted in (("--nac-doses", self.nac()), ("--complement-doses", self.complement_doses)):
+            missing = [d for d in wanted if dose_tag(d) not in tags]
+            if missing:
+                raise VoxdiffError(f"{option} {missing} must be among --doses {list(self.doses)}")
         if not (self.prompts > 0 and math.isfinite(self.prompts)):
             raise VoxdiffError(f"--prompts must be a positive number of counts, got {self.prompts}")
         if not self.fwhm_mm >= 0:
@@ -131,9 +145,11 @@ class ProjectionSettings:
 
 
 def projection_roles(settings: ProjectionSettings) -> list[str]:
-    """Output image roles, in file order: full, low_<tag>..., nac_low_<tag>..., truth, activity, mumap, lesions."""
+    """Output image roles, in file order: full, low_<tag>..., nac_low_<tag>..., comp_<tag>..., truth, activity,
+    mumap, lesions."""
     return (["full"] + [f"low_{dose_tag(d)}" for d in settings.doses]
-            + [f"nac_low_{dose_tag(d)}" for d in settings.nac()] + ["truth", "activity", "mumap", "lesions"])
+            + [f"nac_low_{dose_tag(d)}" for d in settings.nac()]
+            + [f"comp_{dose_tag(d)}" for d in settings.complement_doses] + ["truth", "activity", "mumap", "lesions"])
 
 
 class ProjectionPet(NamedTuple):
@@ -356,6 +372,8 @@ def _simulate(label_volume: Volume, *, case: str, seed: int, settings: Projectio
         planes[f"low_{dose_tag(d)}"] = rec(low[d], dose=d)
     for d in settings.nac():
         planes[f"nac_low_{dose_tag(d)}"] = rec(low[d], dose=d, attenuation=False)
+    for d in settings.complement_doses:
+        planes[f"comp_{dose_tag(d)}"] = rec(full - low[d], dose=1.0 - d)
     planes["truth"] = rec(ybar)
 
     def volume(arr: np.ndarray, dtype=np.float32) -> Volume:
@@ -382,7 +400,7 @@ def _simulate(label_volume: Volume, *, case: str, seed: int, settings: Projectio
         "scheme": scheme,
         "seed": [int(s) for s in case_seed(seed, case)],
         "seed_base": int(seed),
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "settings": settings.record(),
         "units": "kBq/ml-like activity concentration; low-dose images divided by their dose fraction",
         "mumap_units": "1/cm",
         "geometry": {"axial_axis": ax, "plane_shape": [nx, ny], "planes": nz, "pixel_mm": [dx, dy], "plane_mm": dz,
@@ -400,7 +418,8 @@ def _simulate(label_volume: Volume, *, case: str, seed: int, settings: Projectio
         "lesion_free": free,
         "lesions": len(placed),
         "truth": "OSEM of the noise-free expected sinogram, same iterations, subsets, PSF and post-filter",
-        "noise_model": "full ~ Poisson(ybar); low_d = Binomial(full, d), independent per dose; OSEM(low_d) / d",
+        "noise_model": ("full ~ Poisson(ybar); low_d = Binomial(full, d), independent per dose; OSEM(low_d) / d"
+                        + ("; comp_d = OSEM(full - low_d) / (1 - d)" if settings.complement_doses else "")),
         **{k: v for k, v in info.items() if k != "scheme"},
         "seconds": round(time.perf_counter() - t_start, 2),
     }

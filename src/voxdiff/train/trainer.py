@@ -130,19 +130,41 @@ def condition_meta(subject, columns: list[str], spec: dict) -> dict[str, str]:
     return out
 
 
-def expand_alternatives(subjects: list, alternatives: dict[str, list[str]], conditions: dict | None = None) -> list:
-    """One training case per subject and combination of alternative columns (``id:column`` ids).
+def column_combinations(alternatives: dict[str, list[str]], mode: str = "product") -> list[tuple[str, ...]]:
+    """The column tuples (one per role, in ``alternatives`` order) a subject is read through.
 
-    ``conditions`` (``data.conditions``) fills each case's ``meta`` with its condition values.
+    ``product``: every combination. ``zip`` (``data.alternatives: zip``): position by position, for
+    roles whose alternatives pair up (``source: [low_5, low_1]`` with ``target: [comp_5, comp_1]``);
+    a role with one column pairs with every position.
     """
     import itertools
 
+    lists = list(alternatives.values())
+    if mode == "product":
+        return list(itertools.product(*lists))
+    lengths = {len(cols) for cols in lists if len(cols) > 1}
+    if len(lengths) > 1:
+        listed = ", ".join(f"{r} {len(c)}" for r, c in alternatives.items() if len(c) > 1)
+        raise VoxdiffError(f"config data.alternatives: zip needs the same number of columns in every role that "
+                           f"lists several (data.roles: {listed})")
+    n = lengths.pop() if lengths else 1
+    return [tuple(cols[i] if len(cols) > 1 else cols[0] for cols in lists) for i in range(n)]
+
+
+def expand_alternatives(subjects: list, alternatives: dict[str, list[str]], conditions: dict | None = None,
+                        mode: str = "product") -> list:
+    """One training case per subject and combination of alternative columns (``id:column`` ids).
+
+    ``conditions`` (``data.conditions``) fills each case's ``meta`` with its condition values;
+    ``mode`` is :func:`column_combinations`'.
+    """
     from voxdiff.data import Case
 
     roles = list(alternatives)
+    combos = column_combinations(alternatives, mode)
     out = []
     for subj in subjects:
-        for combo in itertools.product(*(alternatives[r] for r in roles)):
+        for combo in combos:
             varied = [col for r, col in zip(roles, combo) if len(alternatives[r]) > 1]
             cid = subj.id if not varied else f"{subj.id}:{'+'.join(varied)}"
             meta = condition_meta(subj, list(combo), conditions) if conditions else {}
@@ -258,6 +280,8 @@ class Trainer:
         dc = self.cfg["data"]
         task = self.task
         alternatives = role_columns(dc.get("roles", {}), task.roles)
+        pairing = str(dc.get("alternatives", "product"))
+        column_combinations(alternatives, pairing)  # refuses unpaired zip lists before any file is read
         wanted = list(dict.fromkeys(col for cols in alternatives.values() for col in cols))
         if dc.get("manifest"):
             cases = load_manifest(dc["manifest"], roles=wanted)
@@ -282,7 +306,7 @@ class Trainer:
         self.split = {k: [c.id for c in v] for k, v in split.items()}
         if not split["train"]:
             raise VoxdiffError("the split left no training case (lower data.val_fraction / test_fraction)")
-        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives, conditions)
+        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives, conditions, pairing)
         norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
         self.dataset_norm = fit_dataset_normalizers(train_cases, norm, label_roles=task.label_roles)
         common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
