@@ -14,6 +14,8 @@ from voxdiff.tasks import Task, build_task, task_class
 from voxdiff.train.checkpoint import load_checkpoint
 
 PRETRAINED_PREFIX = "pretrained:"
+#: Names that shipped once and were superseded: the model that replaced them (its card says why).
+PRETRAINED_ALIASES = {"pet-denoise-anydose": "pet-denoise"}
 
 
 def pretrained_names() -> list[str]:
@@ -26,10 +28,10 @@ def pretrained_names() -> list[str]:
 
 
 def resolve_model_path(spec: str | Path) -> Path:
-    """A checkpoint path from a path or ``pretrained:NAME``."""
+    """A checkpoint path from a path or ``pretrained:NAME`` (a superseded name resolves to its successor)."""
     spec = str(spec)
     if spec.startswith(PRETRAINED_PREFIX):
-        name = spec[len(PRETRAINED_PREFIX):]
+        name = PRETRAINED_ALIASES.get(spec[len(PRETRAINED_PREFIX):], spec[len(PRETRAINED_PREFIX):])
         path = Path(str(resources.files("voxdiff") / "pretrained" / f"{name}.pt"))
         if not path.exists():
             known = ", ".join(pretrained_names()) or "none shipped"

@@ -42,22 +42,24 @@ def _shipped(name: str, task: str):
     return model, ckpt
 
 
-def test_pretrained_pet_denoise_loads_with_weights_only():
+def test_pretrained_pet_denoise_serves_every_dose_and_was_trained_on_independent_targets():
     task, ckpt = _shipped("pet-denoise", "translation")
     assert ckpt["config"]["model"]["puzzle_factor"] == 2 and ckpt["config"]["inference"]["steps"] == 5
-    # Trained on the projection-domain simulation the demo uses (5 % dose -> full dose).
+    # Trained on the projection-domain simulation the demo uses: four doses, each against its complement
+    # counts (data.alternatives: zip), not the full dose that shares the input's counts.
     assert ckpt["normalization"]["source"]["mode"] == "percentile"
-    assert ckpt["config"]["data"]["roles"] == {"source": "low_5", "target": "target"}
+    data = ckpt["config"]["data"]
+    assert data["roles"] == {"source": ["low_5", "low_1", "low_10", "low_25"],
+                             "target": ["comp_5", "comp_1", "comp_10", "comp_25"]} and data["alternatives"] == "zip"
+    # Fine-tuned from the 5 % specialist, which ships on as pet-denoise-5pct and shares its split.
+    assert ckpt["init"]["step"] == 12155
+    _, start = load_model("pretrained:pet-denoise-5pct", task="translation")
+    assert ckpt["split"] == start["split"] and start["config"]["data"]["roles"] == {"source": "low_5", "target": "target"}
 
 
-def test_pretrained_pet_denoise_anydose_loads_and_lists_its_doses():
-    task, ckpt = _shipped("pet-denoise-anydose", "translation")
-    # Trained on four doses at once, split by subject like pet-denoise (the same held-out subjects).
-    assert ckpt["config"]["data"]["roles"]["source"] == ["low_5", "low_1", "low_10", "low_25"]
-    _, other = load_model("pretrained:pet-denoise", task="translation")
-    assert ckpt["split"] == other["split"]
-    # Fine-tuned from pet-denoise (train.init_from), which never saw the shared held-out subjects.
-    assert ckpt["config"]["train"]["init_from"] == "pretrained:pet-denoise"
+def test_superseded_pretrained_name_resolves_to_its_successor():
+    assert resolve_model_path("pretrained:pet-denoise-anydose") == resolve_model_path("pretrained:pet-denoise")
+    assert "pet-denoise-anydose" not in pretrained_names()
 
 
 def test_pretrained_ixi_synthesis_loads_and_samples_on_its_grid():
