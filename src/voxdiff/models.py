@@ -27,17 +27,25 @@ def pretrained_names() -> list[str]:
         return []
 
 
+def pretrained_name(spec: str | Path) -> str | None:
+    """The shipped model name a ``pretrained:NAME`` spec loads (a superseded name: its successor); None for a path."""
+    spec = str(spec)
+    if not spec.startswith(PRETRAINED_PREFIX):
+        return None
+    name = spec[len(PRETRAINED_PREFIX):]
+    return PRETRAINED_ALIASES.get(name, name)
+
+
 def resolve_model_path(spec: str | Path) -> Path:
     """A checkpoint path from a path or ``pretrained:NAME`` (a superseded name resolves to its successor)."""
-    spec = str(spec)
-    if spec.startswith(PRETRAINED_PREFIX):
-        name = PRETRAINED_ALIASES.get(spec[len(PRETRAINED_PREFIX):], spec[len(PRETRAINED_PREFIX):])
+    name = pretrained_name(spec)
+    if name is not None:
         path = Path(str(resources.files("voxdiff") / "pretrained" / f"{name}.pt"))
         if not path.exists():
             known = ", ".join(pretrained_names()) or "none shipped"
             raise VoxdiffError(f"unknown pretrained model '{name}' (available: {known})")
         return path
-    return Path(spec)
+    return Path(str(spec))
 
 
 def served_weights(ckpt: dict, use_ema: bool = True) -> dict | None:

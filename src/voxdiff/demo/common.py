@@ -42,11 +42,11 @@ def check_crop(crop: int | None) -> None:
 
 def require_model(spec: str, task: str) -> str:
     """``spec`` if it can be loaded; for a ``pretrained:`` name that does not ship, one clear sentence."""
-    from voxdiff.models import PRETRAINED_ALIASES, PRETRAINED_PREFIX, pretrained_names, resolve_model_path
+    from voxdiff.models import PRETRAINED_PREFIX, pretrained_name, pretrained_names, resolve_model_path
 
     spec = str(spec)
-    name = spec[len(PRETRAINED_PREFIX):]
-    if spec.startswith(PRETRAINED_PREFIX) and PRETRAINED_ALIASES.get(name, name) not in pretrained_names():
+    name = pretrained_name(spec)
+    if name is not None and name not in pretrained_names():
         shipped = ", ".join(f"{PRETRAINED_PREFIX}{n}" for n in pretrained_names())
         raise VoxdiffError(f"the '{task}' demo needs {spec}, which does not ship with this voxdiff yet "
                            f"(shipped: {shipped}); 'voxdiff demo --task translate' (the default) runs the PET denoising demo")

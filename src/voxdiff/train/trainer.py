@@ -152,16 +152,16 @@ def column_combinations(alternatives: dict[str, list[str]], mode: str = "product
 
 
 def expand_alternatives(subjects: list, alternatives: dict[str, list[str]], conditions: dict | None = None,
-                        mode: str = "product") -> list:
+                        combos: list[tuple[str, ...]] | None = None) -> list:
     """One training case per subject and combination of alternative columns (``id:column`` ids).
 
     ``conditions`` (``data.conditions``) fills each case's ``meta`` with its condition values;
-    ``mode`` is :func:`column_combinations`'.
+    ``combos`` are :func:`column_combinations`' tuples (default: every combination).
     """
     from voxdiff.data import Case
 
     roles = list(alternatives)
-    combos = column_combinations(alternatives, mode)
+    combos = column_combinations(alternatives) if combos is None else combos
     out = []
     for subj in subjects:
         for combo in combos:
@@ -280,8 +280,8 @@ class Trainer:
         dc = self.cfg["data"]
         task = self.task
         alternatives = role_columns(dc.get("roles", {}), task.roles)
-        pairing = str(dc.get("alternatives", "product"))
-        column_combinations(alternatives, pairing)  # refuses unpaired zip lists before any file is read
+        # refuses unpaired zip lists before any file is read
+        combos = column_combinations(alternatives, str(dc.get("alternatives", "product")))
         wanted = list(dict.fromkeys(col for cols in alternatives.values() for col in cols))
         if dc.get("manifest"):
             cases = load_manifest(dc["manifest"], roles=wanted)
@@ -306,7 +306,7 @@ class Trainer:
         self.split = {k: [c.id for c in v] for k, v in split.items()}
         if not split["train"]:
             raise VoxdiffError("the split left no training case (lower data.val_fraction / test_fraction)")
-        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives, conditions, pairing)
+        train_cases = expand_alternatives([subjects[c.id] for c in split["train"]], alternatives, conditions, combos)
         norm = resolve_normalization(dc.get("normalization", {}), list(task.roles), task.label_roles)
         self.dataset_norm = fit_dataset_normalizers(train_cases, norm, label_roles=task.label_roles)
         common = dict(roles=list(task.roles), normalization=norm, label_roles=tuple(task.label_roles),
