@@ -232,6 +232,14 @@ def run_folder_info(path: str, step: int, out_dir: str | None = None) -> dict:
     return info
 
 
+def _steps(info: dict) -> str:
+    """A method's training steps for the table: a fine-tune's as ``start + own``."""
+    own = info.get("steps_trained")
+    if own is None:
+        return "–"
+    return f"{info['steps_init']} + {own}" if info.get("steps_init") else str(own)
+
+
 def memory_table(paths: list[Path]) -> dict[str, float]:
     """Training-step peak MiB per method name (a config's file stem) from ``voxdiff bench memory --json`` files."""
     out = {}
@@ -278,6 +286,8 @@ class TrainedMethod:
                      "options": {**self.options, "sw_roi": self.sw_roi},
                      "served": f"sliding windows {self.sw_roi}" if self.sw_roi else "whole volume",
                      "steps_trained": int(self.pipe.checkpoint.get("step", 0)),
+                     # A fine-tune's own steps leave out the start model's: the table shows both.
+                     "steps_init": int((self.pipe.checkpoint.get("init") or {}).get("step", 0)),
                      "precision": cfg["train"]["precision"], "batch_size": cfg["train"]["batch_size"],
                      "crop_size": crop, "downsample": self.downsample, "schedule": None,
                      **run_folder_info(self.path, int(self.pipe.checkpoint.get("step", 0)), cfg["train"].get("out_dir"))}
@@ -416,7 +426,7 @@ def markdown(report: dict) -> str:
             tt = i.get("train_compute_s")
             lines.append(f"| {label[n]} | " + " | ".join(_f(c[b]["crc_act"]) for b in bins) + " | "
                          + " | ".join(_f(c[b]["bv"], 3) for b in bins) + f" | {_f(h['count'], 1)} | {_num(h['largest_cluster_voxels'], 1, '.0f')} | "
-                         f"{_f(block['seconds'][n], 1)} | {i.get('steps_trained', '–')} | "
+                         f"{_f(block['seconds'][n], 1)} | {_steps(i)} | "
                          f"{_num(tt, 60, '.0f')} | {_num(i.get('s_per_step_median'), 1, '.2f')} | "
                          f"{_num(i.get('memory_mib'), 1, '.0f')} |")
         if block.get("subset"):

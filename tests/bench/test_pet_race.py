@@ -221,3 +221,9 @@ def test_a_dose_conditioned_checkpoint_is_given_the_race_dose_unless_blind(race,
     a, b = given(low.array, low.affine), blind(low.array, low.affine)
     assert a.shape == SHAPE and not np.allclose(a, b)
     assert given.info["schedule"]["conditions"] == {"dose": 1.0} and blind.info["schedule"]["conditions"] == "blind"
+
+
+def test_a_fine_tune_reports_its_start_model_steps_beside_its_own(race):
+    assert race._steps({"steps_trained": 2376, "steps_init": 12155}) == "12155 + 2376"
+    assert race._steps({"steps_trained": 386, "steps_init": 0}) == "386"
+    assert race._steps({}) == "–"
