@@ -280,17 +280,18 @@ class TrainedMethod:
         self.sw_roi = None if roi is None else (tuple(crop) if roi == "crop" and isinstance(crop, list)
                                                 else int(crop) if roi == "crop" else int(roi))
         opts = ",".join(f"{k}={v}" for k, v in sorted({**self.options, "sw_roi": self.sw_roi}.items()))
-        self.cache_key = f"{self.name}-step{int(self.pipe.checkpoint.get('step', 0))}-{opts}".replace("/", "_").replace(" ", "")
+        step = int(self.pipe.checkpoint.get("step", 0))
+        self.cache_key = f"{self.name}-step{step}-{opts}".replace("/", "_").replace(" ", "")
         self.info = {"kind": "checkpoint", "path": self.path, "task": self.pipe.name, "dose": self.dose,
                      "conditions": self.conditions or ("blind" if names else None),
                      "options": {**self.options, "sw_roi": self.sw_roi},
                      "served": f"sliding windows {self.sw_roi}" if self.sw_roi else "whole volume",
-                     "steps_trained": int(self.pipe.checkpoint.get("step", 0)),
+                     "steps_trained": step,
                      # A fine-tune's own steps leave out the start model's: the table shows both.
                      "steps_init": int((self.pipe.checkpoint.get("init") or {}).get("step", 0)),
                      "precision": cfg["train"]["precision"], "batch_size": cfg["train"]["batch_size"],
                      "crop_size": crop, "downsample": self.downsample, "schedule": None,
-                     **run_folder_info(self.path, int(self.pipe.checkpoint.get("step", 0)), cfg["train"].get("out_dir"))}
+                     **run_folder_info(self.path, step, cfg["train"].get("out_dir"))}
 
     def __call__(self, low: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """The prediction for one low-dose volume, in its units."""
