@@ -48,8 +48,11 @@ def loss_curve(config: str, *, steps: int, size: int, every: int, seed: int = 0,
             model["backbone"] = {**model.get("backbone", {}), "base_channels": int(value)}
         elif key == "lr":
             lr = float(value)
+        elif key == "anchor_sigma":
+            model["anchor_sigma"] = float(value)
         else:
-            raise SystemExit(f"--config {config}: unknown override {key} (prediction_type, base_channels, lr)")
+            raise SystemExit(f"--config {config}: unknown override {key} "
+                             "(prediction_type, base_channels, lr, anchor_sigma)")
     torch.manual_seed(seed)
     task = build_task(cfg["task"], model)
     opt = torch.optim.AdamW(task.parameters(), lr=lr)
@@ -69,7 +72,8 @@ def loss_curve(config: str, *, steps: int, size: int, every: int, seed: int = 0,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", required=True,
-                    help="translation config, optionally :prediction_type=x0,base_channels=32,lr=1e-4 (repeatable)")
+                    help="translation config, optionally :prediction_type=x0,base_channels=32,lr=1e-4,anchor_sigma=1.3 "
+                         "(repeatable)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--size", type=int, default=48, help="crop edge (a multiple of the network's)")
     ap.add_argument("--every", type=int, default=20)

@@ -51,8 +51,10 @@ def test_pretrained_pet_denoise_serves_every_dose_and_was_trained_on_independent
     data = ckpt["config"]["data"]
     assert data["roles"] == {"source": ["low_5", "low_1", "low_10", "low_25"],
                              "target": ["comp_5", "comp_1", "comp_10", "comp_25"]} and data["alternatives"] == "zip"
-    # Fine-tuned from the 5 % specialist, which ships on as pet-denoise-5pct and shares its split.
-    assert ckpt["init"]["step"] == 12155
+    # Trained from scratch with the smoothed-source anchor (6 mm FWHM at 2 mm voxels), on the split of the
+    # 5 % specialist that ships on as pet-denoise-5pct: the race's 16 test subjects stay unseen by both.
+    assert ckpt["config"]["model"]["anchor_sigma"] == pytest.approx(1.27) and not ckpt.get("init")
+    assert task.anchor_sigma == pytest.approx(1.27)
     _, start = load_model("pretrained:pet-denoise-5pct", task="translation")
     assert ckpt["split"] == start["split"] and start["config"]["data"]["roles"] == {"source": "low_5", "target": "target"}
 

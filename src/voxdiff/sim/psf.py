@@ -30,11 +30,15 @@ def _kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Ten
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(volumes: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+def gaussian_blur(volumes: torch.Tensor, sigma: Sequence[float], padding: str = "zeros") -> torch.Tensor:
     """Blur the last ``len(sigma)`` axes of ``volumes`` (any leading batch axes) with a Gaussian.
 
-    ``sigma`` is in voxels per axis (0 leaves that axis alone); outside the array counts as zero.
+    ``sigma`` is in voxels per axis (0 leaves that axis alone). ``padding``: ``"zeros"`` (outside the
+    array counts as zero; the self-adjoint blur of a system model) or ``"replicate"`` (the border voxel
+    repeats, so a crop's edge is not darkened).
     """
+    if padding not in ("zeros", "replicate"):
+        raise ValueError(f"gaussian_blur padding must be 'zeros' or 'replicate', got {padding!r}")
     out = volumes
     nd = len(sigma)
     for k, s in enumerate(sigma):
@@ -45,7 +49,11 @@ def gaussian_blur(volumes: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor
         moved = out.movedim(axis, -1)
         shape = moved.shape
         flat = moved.reshape(-1, 1, shape[-1])
-        flat = F.conv1d(flat, kern.view(1, 1, -1), padding=kern.numel() // 2)
+        half = kern.numel() // 2
+        if padding == "replicate":
+            flat = F.conv1d(F.pad(flat, (half, half), mode="replicate"), kern.view(1, 1, -1))
+        else:
+            flat = F.conv1d(flat, kern.view(1, 1, -1), padding=half)
         out = flat.reshape(shape).movedim(-1, axis)
     return out
 
