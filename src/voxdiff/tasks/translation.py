@@ -46,8 +46,9 @@ class TranslationTask(Task):
 
     With ``anchor_sigma > 0`` the network predicts its objective relative to a Gaussian-smoothed copy
     of the source: x0 is estimated as ``G(y) + net`` instead of ``y + net`` (residual) or ``net`` (x0).
-    The residual a wide puzzled network must learn is then the detail a filter removes rather than the
-    source's noise voxel by voxel, which at r = 4 it learnt too slowly (BENCHMARKS.md section 10).
+    The network then learns the detail a filter removes rather than undoing the source's noise voxel
+    by voxel (BENCHMARKS.md section 10, session 12: +0.3 to +1.3 dB over the previous r = 2 model;
+    it does not rescue r = 4).
     """
 
     name = "translation"
@@ -83,7 +84,8 @@ class TranslationTask(Task):
         smooth = gaussian_blur(source.float(), (self.anchor_sigma,) * 3, padding="replicate").to(source.dtype)
         return smooth - source if self.process.prediction_type == "residual" else smooth
 
-    def _predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                 offset: torch.Tensor | None) -> torch.Tensor:
         out = self.net(x, t, cond=cond)
         return out if offset is None else out + offset.to(out.dtype)
 
