@@ -1,8 +1,8 @@
 """Paired differences between two methods of ``benchmarks/pet_race.py`` reports, per dose and subject.
 
 Subjects differ by ~3 dB in PSNR (a hot lesion sets each one's data range), so two methods are
-compared on the same subject: mean ± sd over subjects of (A - B), how many subjects A wins, and the
-range. Methods may come from different reports of the same race (e.g. a dose-5 and a dose-1 run);
+compared on the same subject: mean ± sd (ddof 0, as every summary here) over subjects of (A - B), how
+many subjects A wins, and the range. Methods may come from different reports of the same race (e.g. a dose-5 and a dose-1 run);
 only subjects scored by both count.
 
 Example::
@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# The summaries of the simulation report (mean and sd with ddof 0, docs/metrics.md), as pet_race.py's
+# paired column uses them: the same difference prints the same here and there.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pet_simulation_report as psr  # noqa: E402
 
 
 def per_subject(reports: list[dict]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -41,10 +47,10 @@ def paired(scores: dict, dose: str, a: str, b: str) -> dict | None:
     if not cases:
         return None
     dp = np.array([per[a][c]["psnr"] - per[b][c]["psnr"] for c in cases])
-    ds = np.array([per[a][c]["ssim"] - per[b][c]["ssim"] for c in cases])
-    sd = float(dp.std(ddof=1)) if len(cases) > 1 else 0.0
-    return {"n": len(cases), "psnr_mean": float(dp.mean()), "psnr_sd": sd, "wins": int((dp > 0).sum()),
-            "psnr_min": float(dp.min()), "psnr_max": float(dp.max()), "ssim_mean": float(ds.mean())}
+    ps = psr._ms(dp)
+    return {"n": len(cases), "psnr_mean": ps["mean"], "psnr_sd": ps["sd"], "wins": int((dp > 0).sum()),
+            "psnr_min": float(dp.min()), "psnr_max": float(dp.max()),
+            "ssim_mean": psr._ms([per[a][c]["ssim"] - per[b][c]["ssim"] for c in cases])["mean"]}
 
 
 def main(argv: list[str] | None = None) -> int:
