@@ -21,6 +21,9 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="OUT_DIR holds an earlier run: move its checkpoints, logs and PNGs "
                                         "into OUT_DIR/previous-<time>/ and start afresh."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the whole validated config (defaults, extends chain and "
+                                           "--set merged) as YAML and exit without training."),
 ) -> None:
     """Train a model; the merged config is saved with every checkpoint.
 
@@ -45,6 +48,11 @@ def train(
     from voxdiff.train.checkpoint import TrainingInterrupted
 
     cfg = load_config(config, overrides)
+    if print_config:
+        from voxdiff.train.config import dump_config
+
+        typer.echo(dump_config(cfg), nl=False)
+        return
     from voxdiff.io.guard import check_path_plan
 
     # The files a run writes into its folder must not be the config or the manifest it reads

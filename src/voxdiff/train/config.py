@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from voxdiff.errors import VoxdiffError
+
 # Re-exported: these moved to voxdiff.config, the bottom layer every package may import.
 from voxdiff.config import (apply_overrides, deep_merge, dump_config, load_yaml, parse_override,  # noqa: F401
                             validate_config as _validate)
@@ -68,24 +70,42 @@ DEFAULTS: dict[str, Any] = {
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
     """Load a YAML config (or none), merge it over :data:`DEFAULTS`, apply overrides, validate.
 
-    Relative data paths in the file are resolved against the config file's folder. The result
-    is checked against :mod:`voxdiff.config.schema` (unknown keys, types, ranges), so no bad
-    value reaches a constructor.
+    A file may start from another one with ``extends: other.yaml`` (relative to its own folder;
+    chains allowed, cycles refused): the base is read first and this file's keys are merged over
+    it, so a variant states only what it changes. Relative data paths are resolved against the
+    folder of the file that names them. The result is checked against :mod:`voxdiff.config.schema`
+    (unknown keys, types, ranges), so no bad value reaches a constructor.
     """
-    user: dict = {}
-    if path is not None:
-        path = Path(path)
-        user = load_yaml(path)
-        data = user.get("data")
-        for key in ("manifest", "folder"):
-            value = data.get(key) if isinstance(data, dict) else None
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                cand = (path.parent / value)
-                if cand.exists() or not Path(value).exists():
-                    user["data"][key] = str(cand.resolve())
+    user = _read_config_file(Path(path)) if path is not None else {}
     cfg = deep_merge(DEFAULTS, user)
     cfg = apply_overrides(cfg, overrides or [])
     return validate_config(cfg)
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One config file with its ``extends`` chain merged in and its data paths made absolute."""
+    user = load_yaml(path)
+    data = user.get("data")
+    for key in ("manifest", "folder"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            cand = (path.parent / value)
+            if cand.exists() or not Path(value).exists():
+                user["data"][key] = str(cand.resolve())
+    if "extends" not in user:
+        return user
+    base_name = user.pop("extends")
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise VoxdiffError(f"{path}: 'extends' must name a YAML config file, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    here = path.resolve()
+    if base_path in chain + (here,):
+        cycle = " -> ".join(p.name for p in chain + (here, base_path))
+        raise VoxdiffError(f"{path}: 'extends' makes a cycle ({cycle})")
+    if not base_path.exists():
+        raise VoxdiffError(f"{path}: extends '{base_name}', which is not found at {base_path}")
+    base = _read_config_file(base_path, chain + (here,))
+    return deep_merge(base, user)
 
 
 def validate_config(cfg: dict, where: str = "config") -> dict:
